@@ -1,0 +1,148 @@
+//! The processor's configuration: one typed struct, from flags and environment variables,
+//! with defaults that match the local stack (`scripts/dev`).
+
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A pipeline stage this process can run. One process may run several (single-microservice
+/// deployment) or one (independently scaled deployments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Stage {
+    /// B2 event-notification webhook → `photos.uploaded`.
+    Ingest,
+    /// `photos.uploaded` → thumbnail in object storage + `photos.thumbnailed`.
+    Thumbnail,
+}
+
+/// Everything the processor reads at start-up.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "processor", version, about = "photo-pipeline processor: upload (B2 webhook) and thumbnail stages")]
+pub struct Config {
+    /// Stages to run in this process.
+    #[arg(long, env = "PROCESSOR_STAGES", value_delimiter = ',', default_value = "ingest,thumbnail")]
+    pub stages: Vec<Stage>,
+
+    /// HTTP listen address: B2 webhook, /metrics, /healthz, /readyz.
+    #[arg(long, env = "PROCESSOR_HTTP_ADDR", default_value = "127.0.0.1:8081")]
+    pub http_addr: SocketAddr,
+
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Extra librdkafka properties, `key=value`, comma-separated (e.g. TLS/SASL for a managed
+    /// cluster: `security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,...`).
+    #[arg(long, env = "KAFKA_OPTIONS", value_delimiter = ',')]
+    pub kafka_options: Vec<String>,
+
+    /// Create the topics at start-up if they are missing.
+    #[arg(long, env = "KAFKA_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_topics: bool,
+
+    /// Partitions for topics this process creates.
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 12)]
+    pub topic_partitions: i32,
+
+    /// Replication factor for topics this process creates (3 on a production cluster).
+    #[arg(long, env = "KAFKA_TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+
+    #[arg(long, env = "TOPIC_UPLOADED", default_value = schemas::topics::UPLOADED)]
+    pub topic_uploaded: String,
+    #[arg(long, env = "TOPIC_THUMBNAILED", default_value = schemas::topics::THUMBNAILED)]
+    pub topic_thumbnailed: String,
+    #[arg(long, env = "TOPIC_EMBEDDED", default_value = schemas::topics::EMBEDDED)]
+    pub topic_embedded: String,
+    #[arg(long, env = "TOPIC_DLQ", default_value = schemas::topics::DLQ)]
+    pub topic_dlq: String,
+
+    /// Consumer group of the thumbnail stage.
+    #[arg(long, env = "THUMBNAIL_GROUP", default_value = "photo-pipeline-thumbnail")]
+    pub thumbnail_group: String,
+
+    /// Static group membership (KIP-345): a stable id per replica (e.g. the StatefulSet pod
+    /// name) lets a restarted replica take its partitions straight back, without a rebalance.
+    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
+
+    /// S3-compatible endpoint (Backblaze B2: https://s3.<region>.backblazeb2.com).
+    #[arg(long, env = "S3_ENDPOINT", default_value = "http://127.0.0.1:9000")]
+    pub s3_endpoint: String,
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    #[arg(long, env = "S3_ACCESS_KEY", default_value = "local")]
+    pub s3_access_key: String,
+    #[arg(long, env = "S3_SECRET_KEY", default_value = "localsecret", hide_env_values = true)]
+    pub s3_secret_key: String,
+
+    /// Signing secret of the B2 event-notification rule (HMAC-SHA256 of the body).
+    #[arg(long, env = "B2_WEBHOOK_SECRET", default_value = "local-webhook-secret", hide_env_values = true)]
+    pub webhook_secret: String,
+
+    /// Object keys that are users' photos; `{user_id}` and `{file}` are captured.
+    #[arg(long, env = "PHOTO_KEY_PATTERN", default_value = "users/{user_id}/photos/{file}")]
+    pub photo_key_pattern: String,
+
+    /// Where thumbnails are written; `{user_id}` and `{file}` from the photo key.
+    #[arg(long, env = "THUMB_KEY_PATTERN", default_value = "users/{user_id}/thumbs/{file}.jpg")]
+    pub thumb_key_pattern: String,
+
+    /// Thumbnail box (fit inside, aspect kept, never upscaled).
+    #[arg(long, env = "THUMB_MAX_WIDTH", default_value_t = 400)]
+    pub thumb_max_width: u32,
+    #[arg(long, env = "THUMB_MAX_HEIGHT", default_value_t = 400)]
+    pub thumb_max_height: u32,
+    /// Thumbnail JPEG quality (1–100).
+    #[arg(long, env = "THUMB_QUALITY", default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub thumb_quality: u8,
+
+    /// Largest image (width × height) accepted; larger ones fail as `too_many_pixels`.
+    #[arg(long, env = "MAX_PIXELS", default_value_t = 100_000_000)]
+    pub max_pixels: u64,
+
+    /// Largest original (bytes) downloaded; larger ones fail as `object_too_large`.
+    #[arg(long, env = "MAX_OBJECT_BYTES", default_value_t = 200 * 1024 * 1024)]
+    pub max_object_bytes: u64,
+
+    /// DB-update hook ("Lambda 2") called after each thumbnail; unset = no hook.
+    #[arg(long, env = "DB_HOOK_URL")]
+    pub db_hook_url: Option<String>,
+
+    /// How long transient S3 and hook errors are retried (with backoff) before a photo fails.
+    #[arg(long, env = "RETRY_BUDGET_SECS", default_value_t = 60)]
+    pub retry_budget_secs: u64,
+
+    /// Photos processed concurrently (downloads, uploads and CPU work overlap).
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 16)]
+    pub max_in_flight: usize,
+
+    /// Records read ahead of processing (across all users), waiting for a slot.
+    #[arg(long, env = "MAX_BUFFERED", default_value_t = 512)]
+    pub max_buffered: usize,
+
+    /// Threads decoding/resizing/encoding at once; default = available cores.
+    #[arg(long, env = "CPU_WORKERS")]
+    pub cpu_workers: Option<usize>,
+
+    /// On SIGTERM, how long in-flight photos may finish before they are abandoned (and
+    /// redelivered to the next consumer, since their offsets are not committed).
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Config {
+    pub fn runs(&self, stage: Stage) -> bool {
+        self.stages.contains(&stage)
+    }
+
+    pub fn retry_budget(&self) -> Duration {
+        Duration::from_secs(self.retry_budget_secs)
+    }
+
+    pub fn cpu_workers(&self) -> usize {
+        self.cpu_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+            .max(1)
+    }
+}

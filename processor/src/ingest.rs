@@ -1,0 +1,241 @@
+//! The upload stage: Backblaze B2 Event Notifications webhook → `photos.uploaded`.
+//!
+//! B2 POSTs `{"events": [...]}` (up to 50 events) signed with the rule's secret in
+//! `x-bz-event-notification-signature: v1=<hex HMAC-SHA256(body)>`. We verify the signature
+//! over the raw body, map each object key to its user, and reply 200 only once every accepted
+//! event is durably in Kafka; any failure replies 5xx so that B2 delivers again.
+
+use crate::kafka::EventProducer;
+use crate::keys::KeyPattern;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hmac::{Hmac, Mac};
+use schemas::{PhotoUploaded, SCHEMA_VERSION};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+/// Header carrying B2's signature.
+pub const SIGNATURE_HEADER: &str = "x-bz-event-notification-signature";
+/// B2 sends at most 50 events a request; this bounds the body generously above that.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// One B2 event, as B2 sends it (camelCase). Only `eventType` is required: test events and
+/// future event types carry fewer fields.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct B2Event {
+    #[serde(default)]
+    pub account_id: Option<String>,
+    #[serde(default)]
+    pub bucket_id: Option<String>,
+    #[serde(default)]
+    pub bucket_name: Option<String>,
+    #[serde(default)]
+    pub event_id: Option<String>,
+    #[serde(default)]
+    pub event_timestamp: Option<i64>,
+    pub event_type: String,
+    #[serde(default)]
+    pub event_version: Option<i64>,
+    #[serde(default)]
+    pub matched_rule_name: Option<String>,
+    #[serde(default)]
+    pub object_name: Option<String>,
+    #[serde(default)]
+    pub object_size: Option<u64>,
+    #[serde(default)]
+    pub object_version_id: Option<String>,
+}
+
+/// The webhook body.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct B2Notification {
+    pub events: Vec<B2Event>,
+}
+
+/// What we did with each event, returned to the caller (B2 ignores it; people debugging don't).
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct IngestReply {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub ignored: usize,
+    pub rejected: Vec<RejectedEvent>,
+}
+
+/// An event we refused, and why.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct RejectedEvent {
+    pub event_id: Option<String>,
+    pub object_name: Option<String>,
+    pub reason: String,
+}
+
+/// Webhook errors, each with its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("missing x-bz-event-notification-signature header")]
+    MissingSignature,
+    #[error("signature does not match the body")]
+    BadSignature,
+    #[error("body is not a B2 event notification: {0}")]
+    BadBody(String),
+    #[error("could not enqueue events, retry later: {0}")]
+    Unavailable(String),
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            Self::MissingSignature | Self::BadSignature => StatusCode::UNAUTHORIZED,
+            Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let reason = match &self {
+            Self::MissingSignature => "missing_signature",
+            Self::BadSignature => "bad_signature",
+            Self::BadBody(_) => "bad_body",
+            Self::Unavailable(_) => "unavailable",
+        };
+        metrics::counter!("webhook_requests_total", "outcome" => reason).increment(1);
+        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// Sign a body the way B2 does (used by the B2 emulation and tests too).
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Constant-time check of a `v1=<hex>` signature header against the body.
+pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
+    let Some(sig) = header.trim().strip_prefix("v1=") else { return false };
+    let Ok(sig) = hex::decode(sig) else { return false };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+/// Shared state of the webhook handler.
+pub struct UploadStage {
+    pub secret: Vec<u8>,
+    pub photo_keys: KeyPattern,
+    pub producer: EventProducer,
+    pub topic: String,
+    /// Recently enqueued B2 event ids: a redelivered webhook is acknowledged, not re-enqueued.
+    /// (Downstream stages also deduplicate by photo id, which survives restarts.)
+    seen: Mutex<lru::LruCache<String, ()>>,
+}
+
+impl UploadStage {
+    pub fn new(secret: Vec<u8>, photo_keys: KeyPattern, producer: EventProducer, topic: String) -> Self {
+        let seen = Mutex::new(lru::LruCache::new(NonZeroUsize::new(100_000).expect("non-zero")));
+        Self { secret, photo_keys, producer, topic, seen }
+    }
+
+    fn already_seen(&self, event_id: &str) -> bool {
+        self.seen.lock().expect("lock").contains(event_id)
+    }
+
+    fn remember(&self, event_id: String) {
+        self.seen.lock().expect("lock").put(event_id, ());
+    }
+}
+
+/// Turn one object-created event into a `PhotoUploaded`, or say why not.
+fn to_photo(stage: &UploadStage, e: &B2Event, now: i64) -> Result<PhotoUploaded, String> {
+    let key = e.object_name.as_deref().ok_or("objectName missing")?;
+    let bucket = e.bucket_name.as_deref().filter(|b| !b.is_empty()).ok_or("bucketName missing")?;
+    let event_id = e.event_id.clone().filter(|i| !i.is_empty()).ok_or("eventId missing")?;
+    let photo = stage.photo_keys.match_key(key).map_err(|err| err.to_string())?;
+    let version_id = e.object_version_id.clone().unwrap_or_default();
+    Ok(PhotoUploaded {
+        schema_version: SCHEMA_VERSION,
+        photo_id: schemas::photo_id(bucket, key, &version_id),
+        user_id: photo.user_id,
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        version_id,
+        size_bytes: e.object_size.unwrap_or(0),
+        event_id,
+        uploaded_at_ms: e.event_timestamp.unwrap_or(now),
+        received_at_ms: now,
+    })
+}
+
+/// `POST /v1/b2/events`.
+pub async fn b2_events(
+    State(stage): State<Arc<UploadStage>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<IngestReply>, IngestError> {
+    let sig = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(IngestError::MissingSignature)?;
+    if !verify(&stage.secret, &body, sig) {
+        tracing::warn!("webhook with a bad signature refused");
+        return Err(IngestError::BadSignature);
+    }
+    let note: B2Notification = serde_json::from_slice(&body).map_err(|e| IngestError::BadBody(e.to_string()))?;
+    let now = schemas::now_ms();
+    let mut reply = IngestReply::default();
+    let mut photos = Vec::new();
+    for e in &note.events {
+        match e.event_type.as_str() {
+            "b2:ObjectCreated:Upload" | "b2:ObjectCreated:MultipartUpload" => {}
+            "b2:TestEvent" => {
+                reply.ignored += 1;
+                continue;
+            }
+            _ => {
+                reply.ignored += 1;
+                continue;
+            }
+        }
+        match to_photo(&stage, e, now) {
+            Ok(p) if stage.already_seen(&p.event_id) || photos.iter().any(|q: &PhotoUploaded| q.event_id == p.event_id) => {
+                reply.duplicates += 1
+            }
+            Ok(p) => photos.push(p),
+            Err(reason) => {
+                metrics::counter!("webhook_events_rejected_total").increment(1);
+                reply.rejected.push(RejectedEvent { event_id: e.event_id.clone(), object_name: e.object_name.clone(), reason })
+            }
+        }
+    }
+    let sends = photos.iter().map(|p| stage.producer.send(&stage.topic, &p.user_id, p));
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|e| IngestError::Unavailable(e.to_string()))?;
+    }
+    for p in photos {
+        metrics::counter!("photos_uploaded_total").increment(1);
+        stage.remember(p.event_id);
+        reply.accepted += 1;
+    }
+    metrics::counter!("webhook_requests_total", "outcome" => "ok").increment(1);
+    Ok(Json(reply))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let body = br#"{"events":[]}"#;
+        let sig = sign(b"secret", body);
+        assert!(sig.starts_with("v1="));
+        assert!(verify(b"secret", body, &sig));
+        assert!(!verify(b"other", body, &sig));
+        assert!(!verify(b"secret", br#"{"events":[1]}"#, &sig));
+        assert!(!verify(b"secret", body, "v1=zz"));
+        assert!(!verify(b"secret", body, &sig.replace("v1=", "v2=")));
+    }
+}

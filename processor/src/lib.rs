@@ -1,0 +1,16 @@
+//! photo-pipeline's processor: the upload stage (B2 event-notification webhook → Kafka) and the
+//! thumbnail stage (Kafka → S3 thumbnail → DB hook → Kafka), in one binary that can run any
+//! subset of stages. See `README.md` at the repository root for the whole system.
+
+pub mod config;
+pub mod fair_queue;
+pub mod hook;
+pub mod ingest;
+pub mod kafka;
+pub mod keys;
+pub mod offsets;
+pub mod retry;
+pub mod server;
+pub mod storage;
+pub mod telemetry;
+pub mod thumbnail;

@@ -1,0 +1,146 @@
+//! Wiring: builds the configured stages, serves HTTP (webhook, metrics, probes) and runs until
+//! SIGTERM/SIGINT, then shuts every stage down in order.
+
+use crate::config::{Config, Stage};
+use crate::hook::DbHook;
+use crate::ingest::{self, UploadStage};
+use crate::kafka::{ensure_topics, EventProducer, KafkaConfig};
+use crate::keys::KeyPattern;
+use crate::retry::RetryPolicy;
+use crate::storage::{ObjectStore, StorageConfig};
+use crate::thumbnail::render::RenderOptions;
+use crate::thumbnail::{ThumbnailConfig, ThumbnailStage};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Process-wide readiness for `/readyz`.
+#[derive(Clone, Default)]
+struct Readiness(Arc<AtomicBool>);
+
+/// Run the processor until a termination signal (or `shutdown` is cancelled).
+pub async fn run(cfg: Config, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let kafka = KafkaConfig { brokers: cfg.kafka_brokers.clone(), options: cfg.kafka_options.clone() };
+    let photo_keys = KeyPattern::parse(&cfg.photo_key_pattern)?;
+    let thumb_keys = KeyPattern::parse(&cfg.thumb_key_pattern)?;
+    let producer = EventProducer::new(&kafka)?;
+    let ready = Readiness::default();
+
+    let mut app = Router::new()
+        .route("/metrics", get(move || std::future::ready(metrics.render())))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(ready.clone());
+    if cfg.runs(Stage::Ingest) {
+        let stage = Arc::new(UploadStage::new(
+            cfg.webhook_secret.as_bytes().to_vec(),
+            photo_keys.clone(),
+            producer.clone(),
+            cfg.topic_uploaded.clone(),
+        ));
+        app = app.merge(
+            Router::new()
+                .route("/v1/b2/events", post(ingest::b2_events))
+                .layer(DefaultBodyLimit::max(ingest::MAX_BODY_BYTES))
+                .with_state(stage),
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, stages = ?cfg.stages, "processor HTTP listening");
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await
+    });
+
+    if cfg.create_topics {
+        let topics = [&cfg.topic_uploaded, &cfg.topic_thumbnailed, &cfg.topic_embedded, &cfg.topic_dlq].map(|s| s.as_str());
+        let mut delay = Duration::from_millis(250);
+        while let Err(e) = ensure_topics(&kafka, &topics, cfg.topic_partitions, cfg.topic_replication).await {
+            tracing::warn!(%e, "Kafka not ready; retrying topic creation");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    let mut stages = tokio::task::JoinSet::new();
+    if cfg.runs(Stage::Thumbnail) {
+        let retry = RetryPolicy::with_budget(cfg.retry_budget());
+        let storage = StorageConfig {
+            endpoint: cfg.s3_endpoint.clone(),
+            region: cfg.s3_region.clone(),
+            access_key: cfg.s3_access_key.clone(),
+            secret_key: cfg.s3_secret_key.clone(),
+        };
+        let stage = ThumbnailStage::new(
+            ThumbnailConfig {
+                input_topic: cfg.topic_uploaded.clone(),
+                output_topic: cfg.topic_thumbnailed.clone(),
+                dlq_topic: cfg.topic_dlq.clone(),
+                group: cfg.thumbnail_group.clone(),
+                group_instance_id: cfg.group_instance_id.clone(),
+                photo_keys,
+                thumb_keys,
+                render: RenderOptions {
+                    max_width: cfg.thumb_max_width,
+                    max_height: cfg.thumb_max_height,
+                    quality: cfg.thumb_quality,
+                    max_pixels: cfg.max_pixels,
+                },
+                max_in_flight: cfg.max_in_flight.max(1),
+                max_buffered: cfg.max_buffered.max(cfg.max_in_flight + 1),
+                cpu_workers: cfg.cpu_workers(),
+                shutdown_grace: Duration::from_secs(cfg.shutdown_grace_secs),
+            },
+            &kafka,
+            producer.clone(),
+            ObjectStore::new(&storage, retry, cfg.max_object_bytes),
+            DbHook::new(cfg.db_hook_url.clone(), retry),
+        )?;
+        stages.spawn(stage.run(shutdown.clone()));
+    }
+    ready.0.store(true, Ordering::SeqCst);
+    tracing::info!("processor ready");
+
+    shutdown.cancelled().await;
+    ready.0.store(false, Ordering::SeqCst);
+    while let Some(result) = stages.join_next().await {
+        match result {
+            Ok(Err(e)) => tracing::error!(%e, "stage failed"),
+            Err(e) => tracing::error!(%e, "stage panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    producer.flush(Duration::from_secs(5));
+    http.await??;
+    tracing::info!("processor stopped");
+    Ok(())
+}
+
+async fn readyz(State(ready): State<Readiness>) -> (StatusCode, &'static str) {
+    if ready.0.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+/// Cancel `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+}

@@ -1,0 +1,423 @@
+//! Turning the bytes of an original photo into thumbnail JPEG bytes: sniff, decode (with
+//! DCT-domain shrink-on-load for JPEG), resize with Lanczos3, apply EXIF orientation, encode.
+//!
+//! Pure CPU work with no I/O, so the stage runs it on blocking threads and the benchmark calls
+//! it directly. Every failure maps to a stable [`FailureReason`].
+
+use super::jpeg::{JpegColorspace, JpegDecoder, JpegEncoder, PixelLayout};
+use super::orient;
+use fast_image_resize as fr;
+use schemas::{Failure, FailureReason, SourceImage};
+use std::io::Cursor;
+use std::time::{Duration, Instant};
+
+/// Thumbnail geometry, quality and safety limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RenderOptions {
+    /// Box the thumbnail must fit inside; aspect kept, never upscaled.
+    pub max_width: u32,
+    pub max_height: u32,
+    /// JPEG quality, 1–100.
+    pub quality: u8,
+    /// Refuse images with more pixels than this before allocating anything for them.
+    pub max_pixels: u64,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        Self { max_width: 400, max_height: 400, quality: 80, max_pixels: 100_000_000 }
+    }
+}
+
+/// Most scans a progressive JPEG may have (libjpeg's own scripts use ~10; thousands is an attack).
+const MAX_JPEG_SCANS: u32 = 200;
+
+/// A rendered thumbnail and what we learned on the way.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub jpeg: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    pub source: SourceImage,
+    pub decode: Duration,
+    pub resize: Duration,
+    pub encode: Duration,
+}
+
+/// Container formats we can recognise from their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+    Bmp,
+    Tiff,
+    Heic,
+    Avif,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Jpeg => "jpeg",
+            Self::Png => "png",
+            Self::Webp => "webp",
+            Self::Gif => "gif",
+            Self::Bmp => "bmp",
+            Self::Tiff => "tiff",
+            Self::Heic => "heic",
+            Self::Avif => "avif",
+        }
+    }
+}
+
+/// Recognise the format from magic bytes; the object key's extension and content type are
+/// never trusted.
+pub fn sniff(data: &[u8]) -> Option<Format> {
+    if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return Some(Format::Jpeg);
+    }
+    if data.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Some(Format::Png);
+    }
+    if data.len() >= 12 && &data[0..4] == b"RIFF" && &data[8..12] == b"WEBP" {
+        return Some(Format::Webp);
+    }
+    if data.starts_with(b"GIF87a") || data.starts_with(b"GIF89a") {
+        return Some(Format::Gif);
+    }
+    if data.starts_with(b"BM") && data.len() > 26 {
+        return Some(Format::Bmp);
+    }
+    if data.starts_with(b"II*\0") || data.starts_with(b"MM\0*") {
+        return Some(Format::Tiff);
+    }
+    if data.len() >= 12 && &data[4..8] == b"ftyp" {
+        let box_len = (u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize).clamp(12, data.len());
+        let brands: Vec<&[u8]> = std::iter::once(&data[8..12])
+            .chain(data[16.min(box_len)..box_len].chunks_exact(4))
+            .collect();
+        if brands.iter().any(|b| matches!(*b, b"avif" | b"avis")) {
+            return Some(Format::Avif);
+        }
+        if brands.iter().any(|b| matches!(*b, b"heic" | b"heix" | b"hevc" | b"hevx" | b"heim" | b"heis" | b"mif1" | b"msf1")) {
+            return Some(Format::Heic);
+        }
+    }
+    None
+}
+
+/// Width and height as the file's header declares them, read without a decoder, so that the
+/// pixel limit is enforced before any decoder allocates (or reads further than the header).
+pub fn declared_dimensions(format: Format, data: &[u8]) -> Option<(u32, u32)> {
+    let be32 = |i: usize| data.get(i..i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let le16 = |i: usize| data.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32);
+    let le24 = |i: usize| data.get(i..i + 3).map(|b| u32::from_le_bytes([b[0], b[1], b[2], 0]));
+    match format {
+        Format::Png if data.get(12..16) == Some(b"IHDR") => Some((be32(16)?, be32(20)?)),
+        Format::Gif => Some((le16(6)?, le16(8)?)),
+        Format::Webp => match data.get(12..16)? {
+            b"VP8X" => Some((le24(24)? + 1, le24(27)? + 1)),
+            b"VP8L" => {
+                let bits = data.get(21..25).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))?;
+                Some(((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1))
+            }
+            b"VP8 " => Some((le16(26)? & 0x3FFF, le16(28)? & 0x3FFF)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn fail(reason: FailureReason, detail: impl Into<String>) -> Failure {
+    Failure { reason, detail: detail.into() }
+}
+
+/// Renders thumbnails, reusing decoder, encoder and resizer state between photos.
+/// Not `Sync`: keep one per worker thread.
+pub struct Renderer {
+    opts: RenderOptions,
+    jpeg_decoder: JpegDecoder,
+    jpeg_encoder: JpegEncoder,
+    resizer: fr::Resizer,
+}
+
+impl Renderer {
+    pub fn new(opts: RenderOptions) -> Result<Self, Failure> {
+        let internal = |e: super::jpeg::JpegError| fail(FailureReason::Internal, e.0);
+        Ok(Self {
+            opts,
+            jpeg_decoder: JpegDecoder::new(opts.max_pixels, MAX_JPEG_SCANS).map_err(internal)?,
+            jpeg_encoder: JpegEncoder::new(opts.quality).map_err(internal)?,
+            resizer: fr::Resizer::new(),
+        })
+    }
+
+    pub fn options(&self) -> RenderOptions {
+        self.opts
+    }
+
+    /// Render one photo.
+    pub fn render(&mut self, data: &[u8]) -> Result<Rendered, Failure> {
+        if data.is_empty() {
+            return Err(fail(FailureReason::EmptyObject, "the object has zero bytes"));
+        }
+        let format = sniff(data).ok_or_else(|| {
+            fail(FailureReason::NotAnImage, "not a JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF file")
+        })?;
+        let start = Instant::now();
+        let decoded = match format {
+            Format::Jpeg => self.decode_jpeg(data)?,
+            Format::Heic | Format::Avif => {
+                return Err(fail(
+                    FailureReason::UnsupportedFormat,
+                    format!(
+                        "{} is not supported by this build (no HEIF decoder); upload JPEG instead \
+                         (iPhone: Settings > Camera > Formats > Most Compatible)",
+                        format.name().to_uppercase()
+                    ),
+                ))
+            }
+            other => self.decode_other(data, other)?,
+        };
+        let decode = start.elapsed();
+
+        let start = Instant::now();
+        let Decoded { rgb, width, height, target, source } = decoded;
+        let (rgb, w, h) = if (width, height) == target {
+            (rgb, width, height)
+        } else {
+            (self.resize(rgb, width, height, target)?, target.0, target.1)
+        };
+        let (rgb, w, h) = orient::apply(rgb, w, h, 3, source.orientation);
+        let resize = start.elapsed();
+
+        let start = Instant::now();
+        let jpeg = self
+            .jpeg_encoder
+            .encode_rgb(&rgb, w, h)
+            .map_err(|e| fail(FailureReason::Internal, format!("JPEG encode failed: {e}")))?;
+        Ok(Rendered { jpeg, width: w as u32, height: h as u32, source, decode, resize, encode: start.elapsed() })
+    }
+
+    /// Final size in stored (pre-orientation) axes for a stored image of `w`×`h`.
+    fn stored_target(&self, w: usize, h: usize, orientation: u8) -> (usize, usize) {
+        let swap = orient::swaps_axes(orientation);
+        let (ow, oh) = if swap { (h, w) } else { (w, h) };
+        let scale = (self.opts.max_width as f64 / ow as f64)
+            .min(self.opts.max_height as f64 / oh as f64)
+            .min(1.0);
+        let tw = ((ow as f64 * scale).round() as usize).max(1);
+        let th = ((oh as f64 * scale).round() as usize).max(1);
+        if swap {
+            (th, tw)
+        } else {
+            (tw, th)
+        }
+    }
+
+    fn check_pixels(&self, w: u64, h: u64) -> Result<(), Failure> {
+        if w == 0 || h == 0 {
+            return Err(fail(FailureReason::CorruptImage, format!("image declares a {w}x{h} size")));
+        }
+        if w.saturating_mul(h) > self.opts.max_pixels {
+            return Err(fail(
+                FailureReason::TooManyPixels,
+                format!("{w}x{h} is {} pixels, above the limit of {}", w.saturating_mul(h), self.opts.max_pixels),
+            ));
+        }
+        Ok(())
+    }
+
+    fn decode_jpeg(&mut self, data: &[u8]) -> Result<Decoded, Failure> {
+        let header = self.jpeg_decoder.read_header(data).map_err(|e| {
+            let too_big = e.0.contains("exceeds") || e.0.contains("limit");
+            if too_big {
+                fail(FailureReason::TooManyPixels, format!("JPEG header: {e}"))
+            } else {
+                fail(FailureReason::CorruptImage, format!("invalid JPEG header: {e}"))
+            }
+        })?;
+        self.check_pixels(header.width as u64, header.height as u64)?;
+        let markers = orient::scan_jpeg_markers(data);
+        let target = self.stored_target(header.width, header.height, markers.orientation);
+        // Smallest DCT scale M/8 that still leaves at least the target size.
+        let num = (1..=8u8)
+            .find(|&m| {
+                (header.width * m as usize).div_ceil(8) >= target.0 && (header.height * m as usize).div_ceil(8) >= target.1
+            })
+            .unwrap_or(8);
+        let cmyk = matches!(header.colorspace, JpegColorspace::Cmyk | JpegColorspace::Ycck);
+        let layout = if cmyk { PixelLayout::Cmyk } else { PixelLayout::Rgb };
+        let (pixels, w, h) = self.jpeg_decoder.decode_scaled(data, &header, num, layout).map_err(|e| {
+            let detail = if e.0.contains("Premature end") { format!("truncated JPEG: {e}") } else { format!("corrupt JPEG: {e}") };
+            fail(FailureReason::CorruptImage, detail)
+        })?;
+        let rgb = if cmyk { cmyk_to_rgb(&pixels, markers.adobe) } else { pixels };
+        let source = SourceImage {
+            format: "jpeg".into(),
+            width: header.width as u32,
+            height: header.height as u32,
+            orientation: markers.orientation,
+        };
+        Ok(Decoded { rgb, width: w, height: h, target, source })
+    }
+
+    fn decode_other(&mut self, data: &[u8], format: Format) -> Result<Decoded, Failure> {
+        use image::ImageDecoder;
+        if let Some((w, h)) = declared_dimensions(format, data) {
+            self.check_pixels(w as u64, h as u64)?;
+        }
+        let image_format = match format {
+            Format::Png => image::ImageFormat::Png,
+            Format::Webp => image::ImageFormat::WebP,
+            Format::Gif => image::ImageFormat::Gif,
+            Format::Bmp => image::ImageFormat::Bmp,
+            _ => image::ImageFormat::Tiff,
+        };
+        let mut reader = image::ImageReader::with_format(Cursor::new(data), image_format);
+        let mut limits = image::Limits::default();
+        // 16-bit RGBA is 8 bytes a pixel; decoders account their own buffers against this.
+        limits.max_alloc = Some(self.opts.max_pixels.saturating_mul(8).max(64 << 20));
+        reader.limits(limits);
+        let mut decoder = reader.into_decoder().map_err(|e| image_error(format, e))?;
+        let (w, h) = decoder.dimensions();
+        self.check_pixels(w as u64, h as u64)?;
+        let orientation = decoder.orientation().map(|o| o.to_exif()).unwrap_or(1);
+        let img = image::DynamicImage::from_decoder(decoder).map_err(|e| image_error(format, e))?;
+        let rgb = if img.color().has_alpha() { flatten_on_white(img.to_rgba8()) } else { img.to_rgb8() };
+        let target = self.stored_target(w as usize, h as usize, orientation);
+        let source = SourceImage { format: format.name().into(), width: w, height: h, orientation };
+        Ok(Decoded { rgb: rgb.into_raw(), width: w as usize, height: h as usize, target, source })
+    }
+
+    fn resize(&mut self, rgb: Vec<u8>, w: usize, h: usize, target: (usize, usize)) -> Result<Vec<u8>, Failure> {
+        let internal = |e: &dyn std::fmt::Display| fail(FailureReason::Internal, format!("resize: {e}"));
+        let src = fr::images::Image::from_vec_u8(w as u32, h as u32, rgb, fr::PixelType::U8x3).map_err(|e| internal(&e))?;
+        let mut dst = fr::images::Image::new(target.0 as u32, target.1 as u32, fr::PixelType::U8x3);
+        let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3));
+        self.resizer.resize(&src, &mut dst, &opts).map_err(|e| internal(&e))?;
+        Ok(dst.into_vec())
+    }
+}
+
+struct Decoded {
+    rgb: Vec<u8>,
+    width: usize,
+    height: usize,
+    /// Final thumbnail size in stored axes.
+    target: (usize, usize),
+    source: SourceImage,
+}
+
+fn image_error(format: Format, e: image::ImageError) -> Failure {
+    use image::error::{ImageError, LimitErrorKind};
+    match e {
+        ImageError::Limits(l) if matches!(l.kind(), LimitErrorKind::DimensionError | LimitErrorKind::InsufficientMemory) => {
+            fail(FailureReason::TooManyPixels, format!("{}: {l}", format.name()))
+        }
+        ImageError::Unsupported(u) => fail(FailureReason::UnsupportedFormat, format!("{}: {u}", format.name())),
+        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            fail(FailureReason::CorruptImage, format!("truncated {}: {io}", format.name()))
+        }
+        other => fail(FailureReason::CorruptImage, format!("corrupt {}: {other}", format.name())),
+    }
+}
+
+/// Composite RGBA over white (a thumbnail is a JPEG: transparency must become a colour, and
+/// white is what people expect behind a cut-out or logo).
+fn flatten_on_white(rgba: image::RgbaImage) -> image::RgbImage {
+    let (w, h) = rgba.dimensions();
+    let mut out = Vec::with_capacity((w * h * 3) as usize);
+    for p in rgba.pixels() {
+        let [r, g, b, a] = p.0;
+        let a = a as u32;
+        for c in [r, g, b] {
+            out.push(((c as u32 * a + 255 * (255 - a) + 127) / 255) as u8);
+        }
+    }
+    image::RgbImage::from_raw(w, h, out).expect("buffer sized for the image")
+}
+
+/// Naive CMYK→RGB. Adobe (Photoshop) CMYK JPEGs store inverted values, which libjpeg passes
+/// through unchanged.
+fn cmyk_to_rgb(cmyk: &[u8], adobe_inverted: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(cmyk.len() / 4 * 3);
+    for px in cmyk.chunks_exact(4) {
+        let (c, m, y, k) = if adobe_inverted {
+            (px[0] as u32, px[1] as u32, px[2] as u32, px[3] as u32)
+        } else {
+            (255 - px[0] as u32, 255 - px[1] as u32, 255 - px[2] as u32, 255 - px[3] as u32)
+        };
+        out.extend_from_slice(&[(c * k / 255) as u8, (m * k / 255) as u8, (y * k / 255) as u8]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg_of(w: usize, h: usize) -> Vec<u8> {
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+        JpegEncoder::new(90).unwrap().encode_rgb(&rgb, w, h).unwrap()
+    }
+
+    fn reason(r: Result<Rendered, Failure>) -> FailureReason {
+        r.err().expect("expected a failure").reason
+    }
+
+    #[test]
+    fn fits_inside_box_and_keeps_aspect() {
+        let mut r = Renderer::new(RenderOptions::default()).unwrap();
+        let out = r.render(&jpeg_of(1600, 1200)).unwrap();
+        assert_eq!((out.width, out.height), (400, 300));
+        let out = r.render(&jpeg_of(300, 900)).unwrap();
+        assert_eq!((out.width, out.height), (133, 400));
+        // never upscales
+        let out = r.render(&jpeg_of(120, 80)).unwrap();
+        assert_eq!((out.width, out.height), (120, 80));
+        assert!(sniff(&out.jpeg) == Some(Format::Jpeg));
+    }
+
+    #[test]
+    fn bad_input_maps_to_reasons() {
+        let mut r = Renderer::new(RenderOptions::default()).unwrap();
+        assert_eq!(reason(r.render(b"")), FailureReason::EmptyObject);
+        assert_eq!(reason(r.render(b"hello, not an image")), FailureReason::NotAnImage);
+        let jpeg = jpeg_of(640, 480);
+        assert_eq!(reason(r.render(&jpeg[..jpeg.len() / 2])), FailureReason::CorruptImage);
+        let mut heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic".to_vec();
+        heic.extend_from_slice(&[0; 64]);
+        assert_eq!(reason(r.render(&heic)), FailureReason::UnsupportedFormat);
+    }
+
+    #[test]
+    fn pixel_limit_refuses_before_decoding() {
+        let mut r = Renderer::new(RenderOptions { max_pixels: 1000, ..Default::default() }).unwrap();
+        assert_eq!(reason(r.render(&jpeg_of(64, 64))), FailureReason::TooManyPixels);
+        // A PNG header claiming 50,000 x 50,000 pixels with no data behind it.
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        png.extend_from_slice(&50_000u32.to_be_bytes());
+        png.extend_from_slice(&50_000u32.to_be_bytes());
+        png.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(declared_dimensions(Format::Png, &png), Some((50_000, 50_000)));
+        let mut r = Renderer::new(RenderOptions::default()).unwrap();
+        assert_eq!(reason(r.render(&png)), FailureReason::TooManyPixels);
+        let mut gif = b"GIF89a".to_vec();
+        gif.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0]);
+        assert_eq!(reason(r.render(&gif)), FailureReason::TooManyPixels);
+    }
+
+    #[test]
+    fn transparent_png_is_flattened_on_white() {
+        let img = image::RgbaImage::from_pixel(10, 10, image::Rgba([0, 0, 0, 0]));
+        let mut png = Vec::new();
+        img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        let mut r = Renderer::new(RenderOptions::default()).unwrap();
+        let out = r.render(&png).unwrap();
+        let back = image::load_from_memory(&out.jpeg).unwrap().to_rgb8();
+        assert!(back.pixels().all(|p| p.0.iter().all(|&c| c > 245)), "expected white");
+    }
+}

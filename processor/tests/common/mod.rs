@@ -1,0 +1,273 @@
+//! Test harness: real components over real sockets. A Kafka-protocol broker over TCP (the
+//! embedded noida-db broker, or any broker named by `TEST_KAFKA_BROKERS`, e.g. tansu), the
+//! local S3 server over HTTP with B2 webhook emulation, the DB-hook sink, and the processor
+//! binary as a child process. Topics are read back with kcat.
+
+#![allow(dead_code)]
+
+use aws_sdk_s3::config::{Credentials, Region};
+use devstack::{B2Emulation, HookSink, S3Config, S3Server};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "test-webhook-secret";
+pub const BUCKET: &str = "photos";
+
+pub fn corpus() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
+    assert!(p.is_dir(), "test photos not found at {p:?}: the repository must sit beside shared/");
+    p
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Topic names unique to one test, so tests can share an external broker.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub uploaded: String,
+    pub thumbnailed: String,
+    pub embedded: String,
+    pub dlq: String,
+    pub group: String,
+}
+
+impl Topics {
+    fn unique() -> Self {
+        let id = format!("{:08x}", rand::random::<u32>());
+        Self {
+            uploaded: format!("t{id}.photos.uploaded"),
+            thumbnailed: format!("t{id}.photos.thumbnailed"),
+            embedded: format!("t{id}.photos.embedded"),
+            dlq: format!("t{id}.photos.dlq"),
+            group: format!("t{id}.thumbnail"),
+        }
+    }
+}
+
+/// Everything one test needs, torn down on drop.
+pub struct Stack {
+    pub brokers: String,
+    pub s3: S3Server,
+    pub s3_endpoint: String,
+    pub processor_port: u16,
+    pub hook: HookSink,
+    pub hook_url: String,
+    pub topics: Topics,
+    pub processor: Option<Child>,
+    pub extra_env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(vec![]).await
+    }
+
+    /// Start the stack; `extra_env` is passed to the processor (e.g. `MAX_PIXELS`).
+    pub async fn start_with(extra_env: Vec<(&str, &str)>) -> Self {
+        let brokers = match std::env::var("TEST_KAFKA_BROKERS") {
+            Ok(b) if !b.is_empty() => b,
+            _ => devstack::spawn_broker("127.0.0.1:0", None).unwrap().to_string(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let processor_port = free_port();
+        let notify = B2Emulation::new(format!("http://127.0.0.1:{processor_port}/v1/b2/events"), SECRET, "users/");
+        let s3 = S3Server::spawn(S3Config {
+            addr: "127.0.0.1:0".into(),
+            root: dir.path().join("s3"),
+            access_key: "test".into(),
+            secret_key: "testsecret".into(),
+            buckets: vec![BUCKET.into()],
+            notify: Some(notify),
+        })
+        .await
+        .unwrap();
+        let hook = HookSink::default();
+        let hook_addr = hook.spawn("127.0.0.1:0").await.unwrap();
+        let mut stack = Self {
+            brokers,
+            s3_endpoint: format!("http://{}", s3.addr),
+            s3,
+            processor_port,
+            hook,
+            hook_url: format!("http://{hook_addr}/hook"),
+            topics: Topics::unique(),
+            processor: None,
+            extra_env: extra_env.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            _dir: dir,
+        };
+        stack.start_processor().await;
+        stack
+    }
+
+    pub async fn start_processor(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_processor"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", std::env::var("TEST_PROCESSOR_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("PROCESSOR_HTTP_ADDR", format!("127.0.0.1:{}", self.processor_port))
+            .env("KAFKA_BROKERS", &self.brokers)
+            .env("KAFKA_TOPIC_PARTITIONS", "3")
+            .env("TOPIC_UPLOADED", &self.topics.uploaded)
+            .env("TOPIC_THUMBNAILED", &self.topics.thumbnailed)
+            .env("TOPIC_EMBEDDED", &self.topics.embedded)
+            .env("TOPIC_DLQ", &self.topics.dlq)
+            .env("THUMBNAIL_GROUP", &self.topics.group)
+            // A restarted processor takes its partitions back at once (static membership).
+            .env("KAFKA_GROUP_INSTANCE_ID", format!("{}-0", self.topics.group))
+            .env("S3_ENDPOINT", &self.s3_endpoint)
+            .env("S3_ACCESS_KEY", "test")
+            .env("S3_SECRET_KEY", "testsecret")
+            .env("B2_WEBHOOK_SECRET", SECRET)
+            .env("DB_HOOK_URL", &self.hook_url)
+            .env("RETRY_BUDGET_SECS", "10")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.processor = Some(cmd.spawn().expect("start processor binary"));
+        let url = format!("http://127.0.0.1:{}/readyz", self.processor_port);
+        wait_for(Duration::from_secs(60), "processor ready", || async {
+            reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false)
+        })
+        .await;
+    }
+
+    /// SIGKILL the processor (a crash, no graceful shutdown).
+    pub fn kill_processor(&mut self) {
+        if let Some(mut p) = self.processor.take() {
+            p.kill().ok();
+            p.wait().ok();
+        }
+    }
+
+    /// SIGTERM the processor and wait for it to exit.
+    pub fn stop_processor(&mut self) -> std::process::ExitStatus {
+        let mut p = self.processor.take().expect("processor running");
+        Command::new("kill").arg("-TERM").arg(p.id().to_string()).status().unwrap();
+        p.wait().unwrap()
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/b2/events", self.processor_port)
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.processor_port)
+    }
+
+    pub fn s3_client(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .endpoint_url(&self.s3_endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "testsecret", None, None, "test"))
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    pub async fn upload(&self, key: &str, body: Vec<u8>) {
+        self.s3_client()
+            .put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(body.into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {key}: {e:?}"));
+    }
+
+    pub async fn get_object(&self, key: &str) -> Option<Vec<u8>> {
+        let r = self.s3_client().get_object().bucket(BUCKET).key(key).send().await.ok()?;
+        Some(r.body.collect().await.ok()?.into_bytes().to_vec())
+    }
+
+    /// All records of `topic` from the beginning, read with kcat.
+    pub fn read_topic(&self, topic: &str) -> Vec<serde_json::Value> {
+        kcat_read(&self.brokers, topic)
+    }
+
+    /// Wait until `topic` has at least `n` records with distinct photo ids; return all records.
+    pub async fn wait_for_photos(&self, topic: &str, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let records = self.read_topic(topic);
+            if distinct_photos(&records) >= n {
+                return records;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out: {} of {n} photos on {topic} after {timeout:?}",
+                distinct_photos(&records)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.kill_processor();
+    }
+}
+
+pub fn distinct_photos(records: &[serde_json::Value]) -> usize {
+    let mut ids: Vec<&str> = records.iter().filter_map(|r| r["photo_id"].as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    ids.len()
+}
+
+/// Read a whole topic from the beginning with kcat (`-e`: exit at the end of every partition).
+pub fn kcat_read(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
+    let out = Command::new("kcat")
+        .args(["-b", brokers, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%s\n"])
+        .output()
+        .expect("kcat is installed (scripts/test installs it)");
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        // A topic that does not exist yet simply has no records.
+        if err.contains("Unknown topic") || err.contains("UNKNOWN_TOPIC") {
+            return vec![];
+        }
+        panic!("kcat failed on {topic}: {err}");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("record on {topic} is not JSON ({e}): {l}")))
+        .collect()
+}
+
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Validate an event against its checked-in JSON Schema.
+pub fn assert_matches_schema(schema: &str, event: &serde_json::Value) {
+    let schema: serde_json::Value = serde_json::from_str(schema).unwrap();
+    let v = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = v.iter_errors(event).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "event violates its schema: {errors:?}\n{event}");
+}
+
+/// A signed B2 webhook body for one object-created event.
+pub fn signed_event(bucket: &str, key: &str, version: &str, event_id: &str) -> (Vec<u8>, String) {
+    let body = devstack::b2::event_body("b2:ObjectCreated:Upload", bucket, key, 10, version, event_id);
+    let body = serde_json::to_vec(&body).unwrap();
+    let sig = devstack::b2::signature(SECRET.as_bytes(), &body);
+    (body, sig)
+}

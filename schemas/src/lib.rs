@@ -1,0 +1,282 @@
+//! Event types carried on photo-pipeline's Kafka topics.
+//!
+//! This crate is the single owner of the wire format: every stage produces and consumes these
+//! types, and `schemas/json/*.schema.json` describes the same JSON for tools outside Rust
+//! (kcat users, the backend team). Every event carries [`SCHEMA_VERSION`] so readers can
+//! refuse formats they do not understand instead of guessing.
+//!
+//! All topics are keyed by user id, so one user's events stay in order on one partition.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Version of the event format written by this build. Bump on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Default topic names; every service lets them be overridden.
+pub mod topics {
+    /// `PhotoUploaded`: one per accepted object-created notification.
+    pub const UPLOADED: &str = "photos.uploaded";
+    /// `ThumbnailDone`: one per photo the thumbnail stage finished (ok or failed).
+    pub const THUMBNAILED: &str = "photos.thumbnailed";
+    /// `EmbeddingDone`: one per photo the embed stage finished (ok or failed).
+    pub const EMBEDDED: &str = "photos.embedded";
+    /// `DeadLetter`: photos that failed a stage, kept for inspection and re-driving.
+    pub const DLQ: &str = "photos.dlq";
+}
+
+/// Deterministic identity of one uploaded object version.
+///
+/// The same (bucket, key, version) always yields the same id, so a duplicate webhook delivery,
+/// a Kafka redelivery or a replay is recognised as the same photo by every downstream stage.
+pub fn photo_id(bucket: &str, key: &str, version_id: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [bucket, key, version_id] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Milliseconds since the Unix epoch, the time unit of every event timestamp.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A photo accepted by the upload stage (from a B2 event notification), topic `photos.uploaded`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhotoUploaded {
+    pub schema_version: u32,
+    /// See [`photo_id`].
+    pub photo_id: String,
+    pub user_id: String,
+    pub bucket: String,
+    /// Object key of the original.
+    pub key: String,
+    /// Object version id from the storage event; part of the photo's identity.
+    pub version_id: String,
+    pub size_bytes: u64,
+    /// The storage provider's event id (B2 `eventId`), for tracing a photo back to its webhook.
+    pub event_id: String,
+    /// When the object was created, per the storage event.
+    pub uploaded_at_ms: i64,
+    /// When the upload stage accepted the event.
+    pub received_at_ms: i64,
+}
+
+/// Whether a stage produced its output for a photo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Ok,
+    Failed,
+}
+
+/// Why a stage gave up on a photo. Stable codes: dashboards and the backend team match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// The object has zero bytes.
+    EmptyObject,
+    /// Larger in bytes than the configured download limit.
+    ObjectTooLarge,
+    /// Recognised image format that this build cannot decode (e.g. HEIC, AVIF).
+    UnsupportedFormat,
+    /// Not an image in any format we recognise.
+    NotAnImage,
+    /// Recognised format but the data is corrupt or truncated.
+    CorruptImage,
+    /// Width × height above the configured pixel limit (decompression-bomb guard).
+    TooManyPixels,
+    /// The original no longer exists in object storage.
+    NotFound,
+    /// Object storage kept failing after the retry budget.
+    StorageError,
+    /// The DB-update hook kept failing after the retry budget.
+    HookError,
+    /// Face detection or embedding failed.
+    ModelError,
+    /// A bug or an unexpected condition; the detail says which.
+    Internal,
+}
+
+impl FailureReason {
+    /// The snake_case code, as written in events and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EmptyObject => "empty_object",
+            Self::ObjectTooLarge => "object_too_large",
+            Self::UnsupportedFormat => "unsupported_format",
+            Self::NotAnImage => "not_an_image",
+            Self::CorruptImage => "corrupt_image",
+            Self::TooManyPixels => "too_many_pixels",
+            Self::NotFound => "not_found",
+            Self::StorageError => "storage_error",
+            Self::HookError => "hook_error",
+            Self::ModelError => "model_error",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A stage's failure: a stable reason code plus a human-readable detail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failure {
+    pub reason: FailureReason,
+    pub detail: String,
+}
+
+/// The thumbnail written for a photo.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thumbnail {
+    pub key: String,
+    pub content_type: String,
+    pub width: u32,
+    pub height: u32,
+    pub size_bytes: u64,
+}
+
+/// Facts about the original learned while decoding it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceImage {
+    /// Detected container format: `jpeg`, `png`, `webp`, `gif`, ...
+    pub format: String,
+    /// Stored pixel size, before EXIF orientation.
+    pub width: u32,
+    pub height: u32,
+    /// EXIF orientation tag (1–8) that was applied.
+    pub orientation: u8,
+}
+
+/// Wall-clock milliseconds spent in each step of the thumbnail stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThumbnailTimings {
+    pub download_ms: f64,
+    pub decode_resize_encode_ms: f64,
+    pub upload_ms: f64,
+    pub hook_ms: f64,
+}
+
+/// The thumbnail stage's result for one photo, topic `photos.thumbnailed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThumbnailDone {
+    pub schema_version: u32,
+    pub photo_id: String,
+    pub user_id: String,
+    pub bucket: String,
+    pub source_key: String,
+    pub status: StageStatus,
+    /// Present when `status` is `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<Thumbnail>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceImage>,
+    /// Present when `status` is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    pub timings: ThumbnailTimings,
+    /// The upload event this result answers (for end-to-end latency).
+    pub uploaded_at_ms: i64,
+    pub finished_at_ms: i64,
+}
+
+/// One detected face and its recognition embedding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Face {
+    /// Box in original-image pixels (after EXIF orientation): x, y, width, height.
+    pub bbox: [f32; 4],
+    pub score: f32,
+    /// Facial landmarks in original-image pixels, `[x, y]` pairs.
+    pub landmarks: Vec<[f32; 2]>,
+    pub embedding: Vec<f32>,
+}
+
+/// The embed stage's result for one photo, topic `photos.embedded`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingDone {
+    pub schema_version: u32,
+    pub photo_id: String,
+    pub user_id: String,
+    pub status: StageStatus,
+    /// Model profile that produced the embeddings (e.g. `arcface112`).
+    pub profile: String,
+    #[serde(default)]
+    pub faces: Vec<Face>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    pub uploaded_at_ms: i64,
+    pub finished_at_ms: i64,
+}
+
+/// A photo that failed a stage, topic `photos.dlq`; `scripts/replay` can re-drive it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetter {
+    pub schema_version: u32,
+    /// Stage that gave up: `thumbnail` or `embed`.
+    pub stage: String,
+    pub photo_id: String,
+    pub user_id: String,
+    pub failure: Failure,
+    /// The upload event to re-drive.
+    pub original: PhotoUploaded,
+    pub failed_at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn photo_id_is_deterministic_and_separates_fields() {
+        let a = photo_id("photos", "users/u1/photos/a.jpg", "v1");
+        assert_eq!(a, photo_id("photos", "users/u1/photos/a.jpg", "v1"));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, photo_id("photos", "users/u1/photos/a.jpg", "v2"));
+        // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
+        assert_ne!(photo_id("ab", "c", "v"), photo_id("a", "bc", "v"));
+    }
+
+    #[test]
+    fn failure_reason_codes_match_serde() {
+        for r in [
+            FailureReason::EmptyObject,
+            FailureReason::TooManyPixels,
+            FailureReason::UnsupportedFormat,
+            FailureReason::HookError,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
+}
+
+/// The checked-in JSON Schema documents, by event type, for validating events outside Rust
+/// and in tests. Files live in `schemas/json/`.
+pub mod json_schema {
+    pub const PHOTO_UPLOADED: &str = include_str!("../json/photo_uploaded.schema.json");
+    pub const THUMBNAIL_DONE: &str = include_str!("../json/thumbnail_done.schema.json");
+    pub const EMBEDDING_DONE: &str = include_str!("../json/embedding_done.schema.json");
+    pub const DEAD_LETTER: &str = include_str!("../json/dead_letter.schema.json");
+
+    /// The schema document for a topic's events, if the topic is one of ours (default names).
+    pub fn for_topic(topic: &str) -> Option<&'static str> {
+        match topic {
+            super::topics::UPLOADED => Some(PHOTO_UPLOADED),
+            super::topics::THUMBNAILED => Some(THUMBNAIL_DONE),
+            super::topics::EMBEDDED => Some(EMBEDDING_DONE),
+            super::topics::DLQ => Some(DEAD_LETTER),
+            _ => None,
+        }
+    }
+}
