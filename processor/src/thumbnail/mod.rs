@@ -19,6 +19,7 @@ use crate::keys::KeyPattern;
 use crate::offsets::{OffsetTracker, Ticket};
 use crate::storage::ObjectStore;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use render::{RenderOptions, Renderer};
@@ -204,8 +205,9 @@ impl ThumbnailStage {
             }
         }
         self.shared.producer.flush(Duration::from_secs(5));
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::warn!(%e, "final offset commit failed (records since the last commit will be redelivered)");
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(%e, "final offset commit failed (records since the last commit will be redelivered)"),
         }
         tracing::info!("thumbnail stage stopped");
         Ok(())
