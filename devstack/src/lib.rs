@@ -14,6 +14,7 @@ pub mod b2;
 pub mod broker;
 pub mod hook_sink;
 pub mod s3;
+pub mod testkit;
 
 pub use b2::B2Emulation;
 pub use broker::spawn_broker;

@@ -26,6 +26,11 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_counter!("photos_failed_total", "Photos failed by a stage, by reason");
     metrics::describe_gauge!("kafka_consumer_lag", "Records behind the partition end, per partition");
     metrics::describe_counter!("webhook_requests_total", "B2 webhook requests by outcome");
+    metrics::describe_counter!("webhook_events_rejected_total", "B2 events refused (key outside the photo pattern, missing fields)");
+    metrics::describe_counter!("photos_uploaded_total", "Photos accepted by the upload stage");
+    metrics::describe_counter!("retries_total", "Retried operations, by operation");
+    metrics::describe_counter!("duplicates_skipped_total", "Redelivered photos acknowledged without redoing the work");
+    metrics::describe_counter!("records_malformed_total", "Records that are not our event schema, skipped");
     Ok(handle)
 }
 

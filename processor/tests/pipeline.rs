@@ -42,7 +42,7 @@ fn jpeg_dims(bytes: &[u8]) -> (u32, u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_become_thumbnails_with_events() {
-    let stack = Stack::start().await;
+    let stack = stack().await;
     // Upright sizes from the file names: the o6/o8 files store rotated pixels plus an EXIF tag.
     let cases = [
         ("P12_dragonfly_o1_4032x3024.jpg", (400, 300)),
@@ -86,7 +86,7 @@ async fn uploads_become_thumbnails_with_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_or_missing_signature_is_refused_and_nothing_enqueued() {
-    let stack = Stack::start().await;
+    let stack = stack().await;
     let http = reqwest::Client::new();
     let (body, good_sig) = signed_event(BUCKET, "users/u1/photos/a.jpg", "v1", "e-forged");
     let forged = devstack::b2::signature(b"not-the-secret", &body);
@@ -109,7 +109,7 @@ async fn forged_or_missing_signature_is_refused_and_nothing_enqueued() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_webhook_delivery_yields_one_photo() {
-    let stack = Stack::start().await;
+    let stack = stack().await;
     let key = "users/u2/photos/dup.jpg";
     // Put the object without notification side effects on this key: upload under u2 (notified
     // once by the emulation), then deliver the same B2 event ourselves twice more.
@@ -144,7 +144,7 @@ async fn duplicate_webhook_delivery_yields_one_photo() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_images_fail_with_reasons_and_go_to_the_dlq() {
-    let stack = Stack::start_with(vec![("MAX_PIXELS", "15000000")]).await;
+    let stack = stack_with(vec![("MAX_PIXELS", "15000000")]).await;
     let good = photo("S_dune_1680x1050.jpg");
     let bomb_png = png_header_only(50_000, 50_000);
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
@@ -182,7 +182,7 @@ async fn bad_images_fail_with_reasons_and_go_to_the_dlq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processor_crash_mid_batch_loses_nothing() {
-    let mut stack = Stack::start_with(vec![("MAX_IN_FLIGHT", "4"), ("CPU_WORKERS", "1")]).await;
+    let mut stack = stack_with(vec![("MAX_IN_FLIGHT", "4"), ("CPU_WORKERS", "1")]).await;
     let names = ["P12_dragonfly_o1_4032x3024.jpg", "P12_kleiber_o1_4032x3024.jpg", "M_kite_2560x1600.jpg", "S_storm_1920x1280.jpg"];
     let n = 40;
     for i in 0..n {
@@ -215,7 +215,7 @@ async fn processor_crash_mid_batch_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_cleanly_and_commits() {
-    let mut stack = Stack::start().await;
+    let mut stack = stack().await;
     stack.upload("users/u4/photos/a.jpg", photo("S_dune_1680x1050.jpg")).await;
     stack.wait_for_photos(&stack.topics.thumbnailed, 1, TIMEOUT).await;
     let status = stack.stop_processor();

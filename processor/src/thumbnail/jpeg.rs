@@ -197,6 +197,11 @@ impl JpegEncoder {
         Ok(Self { handle })
     }
 
+    /// Write progressive JPEGs (used by tests to make progressive inputs).
+    pub fn set_progressive(&mut self, on: bool) -> Result<(), JpegError> {
+        self.handle.set(raw::TJPARAM_TJPARAM_PROGRESSIVE, on as i64)
+    }
+
     /// Encode packed RGB pixels.
     pub fn encode_rgb(&mut self, pixels: &[u8], width: usize, height: usize) -> Result<Vec<u8>, JpegError> {
         assert_eq!(pixels.len(), width * height * 3, "RGB buffer size");

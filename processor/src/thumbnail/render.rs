@@ -242,12 +242,11 @@ impl Renderer {
         self.check_pixels(header.width as u64, header.height as u64)?;
         let markers = orient::scan_jpeg_markers(data);
         let target = self.stored_target(header.width, header.height, markers.orientation);
-        // Smallest DCT scale M/8 that still leaves at least the target size.
-        let num = (1..=8u8)
-            .find(|&m| {
-                (header.width * m as usize).div_ceil(8) >= target.0 && (header.height * m as usize).div_ceil(8) >= target.1
-            })
-            .unwrap_or(8);
+        let num = shrink_on_load(header.width, header.height, target);
+        // At 1/8 scale only the DC coefficient of each block matters: a progressive file's DC
+        // scans carry all of it, so its AC scans (most of the file) need not be decoded.
+        let dc_only = if num == 1 && header.progressive { progressive_dc_only(data) } else { None };
+        let data = dc_only.as_deref().unwrap_or(data);
         let cmyk = matches!(header.colorspace, JpegColorspace::Cmyk | JpegColorspace::Ycck);
         let layout = if cmyk { PixelLayout::Cmyk } else { PixelLayout::Rgb };
         let (pixels, w, h) = self.jpeg_decoder.decode_scaled(data, &header, num, layout).map_err(|e| {
@@ -300,6 +299,69 @@ impl Renderer {
         self.resizer.resize(&src, &mut dst, &opts).map_err(|e| internal(&e))?;
         Ok(dst.into_vec())
     }
+}
+
+/// DCT-domain shrink-on-load factor (decode at `num/8`), chosen as sharp/libvips choose it so
+/// that thumbnails match the old Lambda's: the largest power of two not above the shrink
+/// needed, halved when the shrink is exactly that power (libjpeg rounding), so the final
+/// Lanczos3 step always has something left to do.
+pub fn shrink_on_load(width: usize, height: usize, target: (usize, usize)) -> u8 {
+    let shrink = (width as f64 / target.0 as f64).min(height as f64 / target.1 as f64);
+    let mut factor = [8usize, 4, 2].into_iter().find(|&f| shrink >= f as f64).unwrap_or(1);
+    if factor > 1 && shrink as usize == factor {
+        factor /= 2;
+    }
+    (8 / factor) as u8
+}
+
+/// A copy of a progressive JPEG with only its DC scans (first and refinement passes), or
+/// `None` if the segments do not parse as expected (the caller then decodes the whole file).
+pub fn progressive_dc_only(data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len() / 4);
+    out.extend_from_slice(data.get(..2)?);
+    let mut pos = 2;
+    loop {
+        if *data.get(pos)? != 0xFF {
+            return None;
+        }
+        let marker = *data.get(pos + 1)?;
+        match marker {
+            0xFF => {
+                pos += 1;
+                continue;
+            }
+            0xD9 => break,
+            0xD0..=0xD7 | 0x01 => {
+                pos += 2;
+                continue;
+            }
+            _ => {}
+        }
+        let len = u16::from_be_bytes([*data.get(pos + 2)?, *data.get(pos + 3)?]) as usize;
+        let seg_end = pos + 2 + len;
+        let segment = data.get(pos..seg_end)?;
+        if marker != 0xDA {
+            out.extend_from_slice(segment);
+            pos = seg_end;
+            continue;
+        }
+        // Start of scan: header, then entropy-coded data up to the next real marker.
+        let ns = *segment.get(4)? as usize;
+        let (ss, se) = (*segment.get(5 + 2 * ns)?, *segment.get(6 + 2 * ns)?);
+        let mut end = seg_end;
+        while end + 1 < data.len() && !(data[end] == 0xFF && data[end + 1] != 0 && !(0xD0..=0xD7).contains(&data[end + 1])) {
+            end += 1;
+        }
+        if end + 1 >= data.len() {
+            return None; // truncated: let the decoder report it
+        }
+        if ss == 0 && se == 0 {
+            out.extend_from_slice(&data[pos..end]);
+        }
+        pos = end;
+    }
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    Some(out)
 }
 
 struct Decoded {
@@ -408,6 +470,40 @@ mod tests {
         let mut gif = b"GIF89a".to_vec();
         gif.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0]);
         assert_eq!(reason(r.render(&gif)), FailureReason::TooManyPixels);
+    }
+
+    #[test]
+    fn shrink_follows_sharp() {
+        // 12 MP phone photo to 400x300: shrink 10 → 1/8
+        assert_eq!(shrink_on_load(4032, 3024, (400, 300)), 1);
+        // 1680x1050 to 400x250: shrink 4.2 → 4, halved (libjpeg rounding) → 1/2
+        assert_eq!(shrink_on_load(1680, 1050, (400, 250)), 4);
+        // 3088 wide to 400: shrink 7.7 → 1/4
+        assert_eq!(shrink_on_load(3088, 2056, (400, 266)), 2);
+        assert_eq!(shrink_on_load(500, 400, (400, 320)), 8);
+    }
+
+    #[test]
+    fn progressive_dc_only_decodes_like_the_full_file_at_one_eighth() {
+        // A progressive JPEG from libjpeg-turbo itself.
+        let (w, h) = (640, 480);
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| ((i / 3) % w * 255 / w) as u8 ^ (i % 7) as u8).collect();
+        let mut enc = JpegEncoder::new(85).unwrap();
+        enc.set_progressive(true).unwrap();
+        let jpeg = enc.encode_rgb(&rgb, w, h).unwrap();
+        let dc = progressive_dc_only(&jpeg).expect("parses");
+        assert!(dc.len() < jpeg.len() / 2, "DC scans are a small part: {} of {}", dc.len(), jpeg.len());
+        let mut dec = JpegDecoder::new(1 << 30, 200).unwrap();
+        let hdr = dec.read_header(&jpeg).unwrap();
+        assert!(hdr.progressive);
+        let full = dec.decode_scaled(&jpeg, &hdr, 1, PixelLayout::Rgb).unwrap();
+        let hdr2 = dec.read_header(&dc).unwrap();
+        let part = dec.decode_scaled(&dc, &hdr2, 1, PixelLayout::Rgb).unwrap();
+        assert_eq!((full.1, full.2), (part.1, part.2));
+        let mad = full.0.iter().zip(&part.0).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / full.0.len() as f64;
+        let max = full.0.iter().zip(&part.0).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        // libjpeg smooths blocks whose AC coefficients are unknown, so not bit-identical.
+        assert!(mad < 1.0 && max <= 12, "mean abs diff {mad:.3}, max {max}");
     }
 
     #[test]

@@ -1,0 +1,377 @@
+//! Test kit for the integration tests of every crate: real components over real sockets. A
+//! Kafka-protocol broker over TCP (the embedded noida-db broker, or any broker named by
+//! `TEST_KAFKA_BROKERS`, e.g. tansu), the local S3 server over HTTP with B2 webhook emulation,
+//! the DB-hook sink, and the processor (and optionally status-api) binaries as child
+//! processes. Topics are read back with kcat.
+
+use crate::{B2Emulation, HookSink, S3Config, S3Server};
+use aws_sdk_s3::config::{Credentials, Region};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "test-webhook-secret";
+pub const BUCKET: &str = "photos";
+pub const TOKEN_SECRET: &str = "test-token-secret";
+
+/// `../shared/corpus` beside the repository.
+pub fn corpus() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
+    assert!(p.is_dir(), "test photos not found at {p:?}: the repository must sit beside shared/");
+    p
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Topic names unique to one test, so tests can share an external broker.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub uploaded: String,
+    pub thumbnailed: String,
+    pub embedded: String,
+    pub dlq: String,
+    pub group: String,
+}
+
+impl Topics {
+    fn unique() -> Self {
+        let id = format!("{:08x}", rand::random::<u32>());
+        Self {
+            uploaded: format!("t{id}.photos.uploaded"),
+            thumbnailed: format!("t{id}.photos.thumbnailed"),
+            embedded: format!("t{id}.photos.embedded"),
+            dlq: format!("t{id}.photos.dlq"),
+            group: format!("t{id}.thumbnail"),
+        }
+    }
+}
+
+/// A binary of this workspace, built next to the running test executable
+/// (`target/debug/deps/<test>` → `target/debug/<name>`); `cargo build --workspace` builds it.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe.parent().and_then(Path::parent).expect("target/debug").join(name);
+    assert!(bin.is_file(), "{bin:?} not found: run `cargo build --workspace` first (scripts/test does)");
+    bin
+}
+
+/// Everything one test needs, torn down on drop.
+pub struct Stack {
+    pub processor_bin: PathBuf,
+    pub brokers: String,
+    pub s3: S3Server,
+    pub s3_endpoint: String,
+    pub processor_port: u16,
+    pub hook: HookSink,
+    pub hook_url: String,
+    pub topics: Topics,
+    pub processor: Option<Child>,
+    /// status-api child, once [`Stack::start_status_api`] ran; always on `status_port`.
+    pub status_api: Option<Child>,
+    pub status_port: u16,
+    pub extra_env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Start the stack with the processor binary at `processor_bin`.
+    pub async fn start(processor_bin: impl Into<PathBuf>) -> Self {
+        Self::start_with(processor_bin, vec![]).await
+    }
+
+    /// Start the stack; `extra_env` is passed to the processor (e.g. `MAX_PIXELS`).
+    pub async fn start_with(processor_bin: impl Into<PathBuf>, extra_env: Vec<(&str, &str)>) -> Self {
+        let brokers = match std::env::var("TEST_KAFKA_BROKERS") {
+            Ok(b) if !b.is_empty() => b,
+            _ => crate::spawn_broker("127.0.0.1:0", None).unwrap().to_string(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let processor_port = free_port();
+        let notify = B2Emulation::new(format!("http://127.0.0.1:{processor_port}/v1/b2/events"), SECRET, "users/");
+        let s3 = S3Server::spawn(S3Config {
+            addr: "127.0.0.1:0".into(),
+            root: dir.path().join("s3"),
+            access_key: "test".into(),
+            secret_key: "testsecret".into(),
+            buckets: vec![BUCKET.into()],
+            notify: Some(notify),
+        })
+        .await
+        .unwrap();
+        let hook = HookSink::default();
+        let hook_addr = hook.spawn("127.0.0.1:0").await.unwrap();
+        let mut stack = Self {
+            processor_bin: processor_bin.into(),
+            brokers,
+            s3_endpoint: format!("http://{}", s3.addr),
+            s3,
+            processor_port,
+            hook,
+            hook_url: format!("http://{hook_addr}/hook"),
+            topics: Topics::unique(),
+            processor: None,
+            status_api: None,
+            status_port: free_port(),
+            extra_env: extra_env.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            _dir: dir,
+        };
+        stack.start_processor().await;
+        stack
+    }
+
+    pub async fn start_processor(&mut self) {
+        let mut cmd = Command::new(&self.processor_bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", std::env::var("TEST_PROCESSOR_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("PROCESSOR_HTTP_ADDR", format!("127.0.0.1:{}", self.processor_port))
+            .env("KAFKA_BROKERS", &self.brokers)
+            .env("KAFKA_TOPIC_PARTITIONS", "3")
+            .env("TOPIC_UPLOADED", &self.topics.uploaded)
+            .env("TOPIC_THUMBNAILED", &self.topics.thumbnailed)
+            .env("TOPIC_EMBEDDED", &self.topics.embedded)
+            .env("TOPIC_DLQ", &self.topics.dlq)
+            .env("THUMBNAIL_GROUP", &self.topics.group)
+            // A restarted processor takes its partitions back at once (static membership).
+            .env("KAFKA_GROUP_INSTANCE_ID", format!("{}-0", self.topics.group))
+            .env("S3_ENDPOINT", &self.s3_endpoint)
+            .env("S3_ACCESS_KEY", "test")
+            .env("S3_SECRET_KEY", "testsecret")
+            .env("B2_WEBHOOK_SECRET", SECRET)
+            .env("DB_HOOK_URL", &self.hook_url)
+            .env("RETRY_BUDGET_SECS", "10")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.processor = Some(cmd.spawn().expect("start processor binary"));
+        let url = format!("http://127.0.0.1:{}/readyz", self.processor_port);
+        wait_for(Duration::from_secs(60), "processor ready", || async {
+            reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false)
+        })
+        .await;
+    }
+
+    /// Start status-api (binary at `bin`) against this stack's topics; waits until it has
+    /// replayed the topics (`/readyz`).
+    pub async fn start_status_api(&mut self, bin: &Path, extra_env: &[(&str, &str)]) {
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", std::env::var("TEST_STATUS_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("STATUS_HTTP_ADDR", format!("127.0.0.1:{}", self.status_port))
+            .env("KAFKA_BROKERS", &self.brokers)
+            .env("TOPIC_UPLOADED", &self.topics.uploaded)
+            .env("TOPIC_THUMBNAILED", &self.topics.thumbnailed)
+            .env("TOPIC_EMBEDDED", &self.topics.embedded)
+            .env("STATUS_TOKEN_SECRET", TOKEN_SECRET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        self.status_api = Some(cmd.spawn().expect("start status-api binary"));
+        let url = format!("{}/readyz", self.status_url());
+        wait_for(Duration::from_secs(60), "status-api ready", || async {
+            reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false)
+        })
+        .await;
+    }
+
+    pub fn status_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.status_port)
+    }
+
+    /// SIGKILL status-api.
+    pub fn kill_status_api(&mut self) {
+        if let Some(mut p) = self.status_api.take() {
+            p.kill().ok();
+            p.wait().ok();
+        }
+    }
+
+    /// SIGKILL the processor (a crash, no graceful shutdown).
+    pub fn kill_processor(&mut self) {
+        if let Some(mut p) = self.processor.take() {
+            p.kill().ok();
+            p.wait().ok();
+        }
+    }
+
+    /// SIGTERM the processor and wait for it to exit.
+    pub fn stop_processor(&mut self) -> std::process::ExitStatus {
+        let mut p = self.processor.take().expect("processor running");
+        Command::new("kill").arg("-TERM").arg(p.id().to_string()).status().unwrap();
+        p.wait().unwrap()
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/b2/events", self.processor_port)
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.processor_port)
+    }
+
+    /// Photos the running processor has finished (ok or failed), from its /metrics.
+    pub async fn processed_count(&self) -> u64 {
+        let Ok(r) = reqwest::get(self.metrics_url()).await else { return 0 };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with("photos_processed_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    pub fn s3_client(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .endpoint_url(&self.s3_endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "testsecret", None, None, "test"))
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    pub async fn upload(&self, key: &str, body: Vec<u8>) {
+        self.s3_client()
+            .put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(body.into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {key}: {e:?}"));
+    }
+
+    pub async fn get_object(&self, key: &str) -> Option<Vec<u8>> {
+        let r = self.s3_client().get_object().bucket(BUCKET).key(key).send().await.ok()?;
+        Some(r.body.collect().await.ok()?.into_bytes().to_vec())
+    }
+
+    /// All records of `topic` from the beginning: read with kcat, except against an external
+    /// broker named by `TEST_KAFKA_BROKERS` (tansu), which Debian's kcat (librdkafka 2.0)
+    /// cannot talk to; there with an rdkafka consumer.
+    pub fn read_topic(&self, topic: &str) -> Vec<serde_json::Value> {
+        if std::env::var("TEST_KAFKA_BROKERS").is_ok_and(|b| !b.is_empty()) {
+            rdkafka_read(&self.brokers, topic)
+        } else {
+            kcat_read(&self.brokers, topic)
+        }
+    }
+
+    /// Wait until `topic` has at least `n` records with distinct photo ids; return all records.
+    pub async fn wait_for_photos(&self, topic: &str, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let records = self.read_topic(topic);
+            if distinct_photos(&records) >= n {
+                return records;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out: {} of {n} photos on {topic} after {timeout:?}",
+                distinct_photos(&records)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.kill_processor();
+        self.kill_status_api();
+    }
+}
+
+pub fn distinct_photos(records: &[serde_json::Value]) -> usize {
+    let mut ids: Vec<&str> = records.iter().filter_map(|r| r["photo_id"].as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    ids.len()
+}
+
+/// Read a whole topic from the beginning with kcat (`-e`: exit at the end of every partition).
+pub fn kcat_read(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
+    let out = Command::new("kcat")
+        .args(["-b", brokers, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%s\n"])
+        .output()
+        .expect("kcat is installed (scripts/test installs it)");
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        // A topic that does not exist yet simply has no records.
+        if err.contains("Unknown topic") || err.contains("UNKNOWN_TOPIC") {
+            return vec![];
+        }
+        panic!("kcat failed on {topic}: {err}");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("record on {topic} is not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Read a whole topic from the beginning with a group-less rdkafka consumer, stopping once no
+/// record has arrived for a second (not at the "latest" offset, which tansu reports wrongly).
+pub fn rdkafka_read(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else { return vec![] };
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+        }
+    }
+    if tpl.count() == 0 {
+        return vec![];
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = vec![];
+    let mut idle_since = Instant::now();
+    while idle_since.elapsed() < Duration::from_secs(1) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let payload = m.payload().unwrap_or_default();
+                out.push(serde_json::from_slice(payload).unwrap_or_else(|e| panic!("record on {topic} is not JSON ({e})")));
+                idle_since = Instant::now();
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A signed B2 webhook body for one object-created event.
+pub fn signed_event(bucket: &str, key: &str, version: &str, event_id: &str) -> (Vec<u8>, String) {
+    let body = crate::b2::event_body("b2:ObjectCreated:Upload", bucket, key, 10, version, event_id);
+    let body = serde_json::to_vec(&body).unwrap();
+    let sig = crate::b2::signature(SECRET.as_bytes(), &body);
+    (body, sig)
+}

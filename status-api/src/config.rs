@@ -1,0 +1,80 @@
+//! status-api configuration: one typed struct from flags and environment variables, with
+//! defaults that match the local stack (`scripts/dev`).
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(name = "status-api", version, about = "photo-pipeline status: per-user progress over Server-Sent Events")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands; without one, the server runs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print a token for a user (signed with STATUS_TOKEN_SECRET), alone on stdout.
+    Token {
+        #[arg(long)]
+        user: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+    },
+}
+
+/// Everything the server reads at start-up.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// HTTP listen address: SSE, status, console, /metrics, /healthz, /readyz.
+    #[arg(long, env = "STATUS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Extra librdkafka properties, `key=value`, comma-separated (TLS/SASL).
+    #[arg(long, env = "KAFKA_OPTIONS", value_delimiter = ',')]
+    pub kafka_options: Vec<String>,
+
+    #[arg(long, env = "TOPIC_UPLOADED", default_value = schemas::topics::UPLOADED)]
+    pub topic_uploaded: String,
+    #[arg(long, env = "TOPIC_THUMBNAILED", default_value = schemas::topics::THUMBNAILED)]
+    pub topic_thumbnailed: String,
+    #[arg(long, env = "TOPIC_EMBEDDED", default_value = schemas::topics::EMBEDDED)]
+    pub topic_embedded: String,
+
+    /// Secret that signs user tokens (HS256). Must be the same on every replica.
+    #[arg(long, env = "STATUS_TOKEN_SECRET", default_value = "local-token-secret", hide_env_values = true)]
+    pub token_secret: String,
+
+    /// Browser origin allowed by CORS (the app's origin).
+    #[arg(long, env = "STATUS_ALLOWED_ORIGIN", default_value = "http://127.0.0.1:8080")]
+    pub allowed_origin: String,
+
+    /// Whether the deployment runs the embed stage: if not, a batch is done after thumbnails.
+    #[arg(long, env = "STATUS_EXPECT_EMBEDDINGS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub expect_embeddings: bool,
+
+    /// Most SSE updates per second per connection (changes in between are coalesced).
+    #[arg(long, env = "STATUS_SSE_MAX_RATE", default_value_t = 4.0)]
+    pub sse_max_rate: f64,
+
+    /// SSE keep-alive comment interval.
+    #[arg(long, env = "STATUS_SSE_KEEPALIVE_SECS", default_value_t = 15)]
+    pub sse_keepalive_secs: u64,
+
+    /// Reconnect delay the browser is told (`retry:`).
+    #[arg(long, env = "STATUS_SSE_RETRY_MS", default_value_t = 2000)]
+    pub sse_retry_ms: u64,
+
+    /// A finished batch is closed when the user's next upload comes this much later.
+    #[arg(long, env = "STATUS_BATCH_GAP_SECS", default_value_t = 1800)]
+    pub batch_gap_secs: u64,
+}
