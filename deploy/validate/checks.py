@@ -1,0 +1,446 @@
+#!/usr/bin/env python3
+"""Checks behind scripts/validate-deploy. Each sub-command checks one file (or one rendered
+kustomization) and prints exactly one line: `ok   <label> (...)` or `FAIL <label>: <why>`,
+with any detail lines indented below, and exits 0 or 1.
+
+  checks.py k8s LABEL RENDERED.yaml K8S_VERSION SCHEMA_DIR
+      schema: built-in kinds with kubernetes-validate (strict: unknown fields fail), custom
+      resources (KEDA, Strimzi) with the minimal JSON schemas in SCHEMA_DIR; a kind with no
+      schema at all FAILS (never skipped silently). Then consistency: security settings,
+      probes, resources, grace period vs SHUTDOWN_GRACE_SECS, Service/PDB/Ingress/autoscaler
+      references, KEDA trigger vs ConfigMap, never two autoscalers on one Deployment,
+      STATUS_EXPECT_EMBEDDINGS true exactly when an embed stage runs.
+  checks.py dashboard LABEL DASHBOARD.json TELEMETRY.rs
+      JSON, unique panel ids, datasource uid, and every metric in an expression is one the
+      processor documents in processor/src/telemetry.rs.
+  checks.py grafana-provisioning LABEL FILE.yml
+  checks.py dockerfile LABEL Dockerfile COMPOSE.yml
+      the build targets compose uses exist; non-root USER; ENTRYPOINT per service target.
+  checks.py compose-files LABEL COMPOSE.yml
+      every bind-mounted file or folder of the compose file exists (compose does not check).
+
+Runs inside the venv that has kubernetes-validate (which brings PyYAML and jsonschema).
+"""
+
+import json
+import os
+import re
+import sys
+
+import yaml
+
+# Secrets that overlays/prod deliberately does not render (created out of band, docs/deploy.md).
+EXTERNAL_SECRETS = {"photo-pipeline-processor", "photo-pipeline-status", "photo-pipeline-kafka", "kafka-cluster-ca"}
+STAGES = {"ingest", "thumbnail", "embed"}
+# Which topic and consumer-group variable each autoscaled stage consumes (KEDA must watch the same).
+STAGE_INPUT = {"thumbnail": ("TOPIC_UPLOADED", "THUMBNAIL_GROUP", "photo-pipeline-thumbnail"),
+               "embed": ("TOPIC_THUMBNAILED", None, "photo-pipeline-embed")}
+
+
+def finish(label, errors, summary):
+    if errors:
+        print(f"FAIL {label}: {len(errors)} problem(s)")
+        for e in errors:
+            print(f"       - {e}")
+        return 1
+    print(f"ok   {label} ({summary})")
+    return 0
+
+
+def load_docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def kn(obj):
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+def matches(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# k8s
+
+
+def schema_errors(docs, version, schema_dir):
+    import jsonschema
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError
+
+    errors, counts = [], {"kubernetes-validate": 0, "CRD schema": 0}
+    for d in docs:
+        try:
+            kubernetes_validate.validate(d, version, strict=True)
+            counts["kubernetes-validate"] += 1
+            continue
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            errors.append(f"{kn(d)}: {path}: {e.message}")
+            continue
+        except SchemaNotFoundError:
+            pass
+        group_version = d.get("apiVersion", "")
+        group = group_version.split("/")[0].split(".")[0]
+        gv_version = group_version.split("/")[-1]
+        schema_path = os.path.join(schema_dir, f"{d.get('kind', '').lower()}-{group}-{gv_version}.json")
+        if not os.path.exists(schema_path):
+            errors.append(f"{kn(d)} ({group_version}): no schema in kubernetes-validate {version} nor {schema_path}")
+            continue
+        with open(schema_path) as f:
+            schema = json.load(f)
+        problems = sorted(jsonschema.Draft202012Validator(schema).iter_errors(d), key=lambda e: list(e.path))
+        for e in problems:
+            errors.append(f"{kn(d)}: {'.'.join(str(p) for p in e.path)}: {e.message}")
+        if not problems:
+            counts["CRD schema"] += 1
+    return errors, counts
+
+
+def container_env(c, configmaps):
+    """Literal env of a container: its ConfigMap envFrom values, then its own env values."""
+    env = {}
+    for ef in c.get("envFrom", []):
+        cm = ef.get("configMapRef", {}).get("name")
+        if cm in configmaps:
+            env.update(configmaps[cm].get("data", {}))
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+    return env
+
+
+def prestop_seconds(c):
+    cmd = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    if len(cmd) == 2 and cmd[0] == "sleep" and cmd[1].isdigit():
+        return int(cmd[1])
+    return 0
+
+
+def consistency_errors(docs):
+    errors = []
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    deployments = by_kind.get("Deployment", {})
+    configmaps = by_kind.get("ConfigMap", {})
+    secrets = by_kind.get("Secret", {})
+    services = by_kind.get("Service", {})
+
+    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+    if len(namespaces) != 1 or None in namespaces:
+        errors.append(f"objects must all be in one namespace, found {sorted(map(str, namespaces))}")
+
+    pod_labels = {}
+    for name, dep in deployments.items():
+        where = f"Deployment/{name}"
+        spec = dep["spec"]
+        tmpl = spec["template"]
+        pod = tmpl["spec"]
+        labels = tmpl["metadata"].get("labels", {})
+        pod_labels[name] = labels
+        if not matches(spec["selector"].get("matchLabels", {}), labels):
+            errors.append(f"{where}: selector does not match its pod labels")
+        psc = pod.get("securityContext", {})
+        if psc.get("runAsNonRoot") is not True:
+            errors.append(f"{where}: pod securityContext.runAsNonRoot must be true")
+        if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            errors.append(f"{where}: pod seccompProfile must be RuntimeDefault")
+        if pod.get("automountServiceAccountToken") is not False:
+            errors.append(f"{where}: automountServiceAccountToken must be false")
+        ports_by_name = {}
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            cw = f"{where} container {c['name']}"
+            sc = c.get("securityContext", {})
+            if sc.get("readOnlyRootFilesystem") is not True:
+                errors.append(f"{cw}: readOnlyRootFilesystem must be true")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                errors.append(f"{cw}: allowPrivilegeEscalation must be false")
+            if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+                errors.append(f"{cw}: capabilities must drop ALL")
+            res = c.get("resources", {})
+            for key in ("cpu", "memory"):
+                if key not in res.get("requests", {}):
+                    errors.append(f"{cw}: no {key} request")
+            if "memory" not in res.get("limits", {}):
+                errors.append(f"{cw}: no memory limit")
+            for ef in c.get("envFrom", []):
+                if "configMapRef" in ef and ef["configMapRef"]["name"] not in configmaps:
+                    errors.append(f"{cw}: envFrom ConfigMap {ef['configMapRef']['name']} is not in the render")
+                if "secretRef" in ef:
+                    s = ef["secretRef"]["name"]
+                    if s not in secrets and s not in EXTERNAL_SECRETS:
+                        errors.append(f"{cw}: envFrom Secret {s} is neither rendered nor a known external secret")
+        for v in pod.get("volumes", []):
+            s = v.get("secret", {}).get("secretName")
+            if s and s not in secrets and s not in EXTERNAL_SECRETS:
+                errors.append(f"{where}: volume Secret {s} is neither rendered nor a known external secret")
+        for c in pod["containers"]:
+            cw = f"{where} container {c['name']}"
+            for p in c.get("ports", []):
+                ports_by_name[p.get("name")] = p["containerPort"]
+            if c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
+                errors.append(f"{cw}: livenessProbe must GET /healthz")
+            if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
+                errors.append(f"{cw}: readinessProbe must GET /readyz")
+            env = container_env(c, configmaps)
+            grace = pod.get("terminationGracePeriodSeconds", 30)
+            shutdown = int(env.get("SHUTDOWN_GRACE_SECS", 20))
+            needed = shutdown + prestop_seconds(c)
+            if grace <= needed:
+                errors.append(f"{cw}: terminationGracePeriodSeconds {grace} must exceed SHUTDOWN_GRACE_SECS {shutdown} + preStop {prestop_seconds(c)}")
+            stages = [s for s in env.get("PROCESSOR_STAGES", "").split(",") if s]
+            unknown = set(stages) - STAGES
+            if unknown:
+                errors.append(f"{cw}: unknown PROCESSOR_STAGES {sorted(unknown)}")
+            if "embed" in stages and "embed" not in c["image"].rsplit("/", 1)[-1]:
+                errors.append(f"{cw}: runs the embed stage but image {c['image']} is not the embed image (ONNX Runtime)")
+            if stages and env.get("PROCESSOR_HTTP_ADDR", "").startswith("127."):
+                errors.append(f"{cw}: PROCESSOR_HTTP_ADDR must listen on 0.0.0.0 in a pod")
+        dep["_ports"] = ports_by_name
+
+    # status-api closes a batch after thumbnails unless told the embed stage runs.
+    runs_embed = any("embed" in container_env(c, configmaps).get("PROCESSOR_STAGES", "").split(",")
+                     for d in deployments.values() for c in d["spec"]["template"]["spec"]["containers"])
+    for name, dep in deployments.items():
+        for c in dep["spec"]["template"]["spec"]["containers"]:
+            env = container_env(c, configmaps)
+            if "STATUS_HTTP_ADDR" in env and (env.get("STATUS_EXPECT_EMBEDDINGS", "false") == "true") != runs_embed:
+                errors.append(f"Deployment/{name}: STATUS_EXPECT_EMBEDDINGS={env.get('STATUS_EXPECT_EMBEDDINGS', 'false')} "
+                              f"but the embed stage {'runs' if runs_embed else 'does not run'} in this render")
+
+    for name, svc in services.items():
+        sel = svc["spec"].get("selector", {})
+        targets = [d for d, labels in pod_labels.items() if matches(sel, labels)]
+        if not targets:
+            errors.append(f"Service/{name}: selector {sel} matches no Deployment's pods")
+        for p in svc["spec"].get("ports", []):
+            tp = p.get("targetPort")
+            for t in targets:
+                if isinstance(tp, str) and tp not in deployments[t]["_ports"]:
+                    errors.append(f"Service/{name}: targetPort {tp} is not a port of Deployment/{t}")
+
+    for name, pdb in by_kind.get("PodDisruptionBudget", {}).items():
+        sel = pdb["spec"].get("selector", {}).get("matchLabels", {})
+        if not any(matches(sel, labels) for labels in pod_labels.values()):
+            errors.append(f"PodDisruptionBudget/{name}: selector {sel} matches no Deployment's pods")
+
+    for name, ing in by_kind.get("Ingress", {}).items():
+        ann = ing["metadata"].get("annotations", {})
+        for rule in ing["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                be = path["backend"]["service"]
+                svc = services.get(be["name"])
+                if svc is None:
+                    errors.append(f"Ingress/{name}: backend Service {be['name']} is not in the render")
+                    continue
+                port = be["port"]
+                if not any(p.get("name") == port.get("name") or p.get("port") == port.get("number") for p in svc["spec"]["ports"]):
+                    errors.append(f"Ingress/{name}: Service {be['name']} has no port {port}")
+                if be["name"] == "status-api":  # Server-Sent Events
+                    if ann.get("nginx.ingress.kubernetes.io/proxy-buffering") != "off":
+                        errors.append(f"Ingress/{name}: SSE needs nginx.ingress.kubernetes.io/proxy-buffering: off")
+                    if int(ann.get("nginx.ingress.kubernetes.io/proxy-read-timeout", "60")) < 3600:
+                        errors.append(f"Ingress/{name}: SSE needs proxy-read-timeout >= 3600")
+
+    if by_kind.get("NetworkPolicy") and not any(
+        np["spec"].get("podSelector") == {} and "Ingress" in np["spec"].get("policyTypes", [])
+        for np in by_kind["NetworkPolicy"].values()
+    ):
+        errors.append("NetworkPolicies present but no default deny of ingress (podSelector: {})")
+
+    scaled = {}
+    for name, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items():
+        scaled.setdefault(hpa["spec"]["scaleTargetRef"]["name"], []).append(f"HorizontalPodAutoscaler/{name}")
+    for name, so in by_kind.get("ScaledObject", {}).items():
+        target = so["spec"]["scaleTargetRef"]["name"]
+        scaled.setdefault(target, []).append(f"ScaledObject/{name}")
+        dep = deployments.get(target)
+        if dep is None:
+            continue
+        env = container_env(dep["spec"]["template"]["spec"]["containers"][0], configmaps)
+        for trig in so["spec"]["triggers"]:
+            if trig["type"] != "kafka":
+                continue
+            md = trig["metadata"]
+            if md.get("bootstrapServers") != env.get("KAFKA_BROKERS"):
+                errors.append(f"ScaledObject/{name}: bootstrapServers {md.get('bootstrapServers')} != KAFKA_BROKERS {env.get('KAFKA_BROKERS')}")
+            topic_var, group_var, group_default = STAGE_INPUT.get(target, (None, None, None))
+            if topic_var and md.get("topic") != env.get(topic_var):
+                errors.append(f"ScaledObject/{name}: topic {md.get('topic')} != {topic_var} {env.get(topic_var)}")
+            group = env.get(group_var, group_default) if group_var else group_default
+            if group and md.get("consumerGroup") != group:
+                errors.append(f"ScaledObject/{name}: consumerGroup {md.get('consumerGroup')} != the stage's group {group}")
+            partitions = int(env.get("KAFKA_TOPIC_PARTITIONS", 12))
+            if so["spec"].get("maxReplicaCount", 100) > partitions:
+                errors.append(f"ScaledObject/{name}: maxReplicaCount above the {partitions} partitions (idle consumers)")
+            ref = trig.get("authenticationRef", {}).get("name")
+            if ref and ref not in by_kind.get("TriggerAuthentication", {}):
+                errors.append(f"ScaledObject/{name}: TriggerAuthentication {ref} is not in the render")
+            if "KAFKA_OPTIONS" in {e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0].get("env", [])} and not ref:
+                errors.append(f"ScaledObject/{name}: pods use KAFKA_OPTIONS (SASL/TLS) but the trigger has no authenticationRef")
+    for target, owners in scaled.items():
+        if target not in deployments:
+            errors.append(f"{', '.join(owners)}: target Deployment/{target} is not in the render")
+            continue
+        if len(owners) > 1:
+            errors.append(f"Deployment/{target} has two autoscalers: {', '.join(owners)}")
+        if "replicas" in deployments[target]["spec"]:
+            errors.append(f"Deployment/{target} is autoscaled ({owners[0]}) but sets spec.replicas; kubectl apply would reset it")
+    return errors
+
+
+def cmd_k8s(label, rendered, version, schema_dir):
+    try:
+        docs = load_docs(rendered)
+    except yaml.YAMLError as e:
+        return finish(label, [f"rendered YAML does not parse: {e}"], "")
+    if not docs:
+        return finish(label, ["rendered nothing"], "")
+    errors, counts = schema_errors(docs, version, schema_dir)
+    if not errors:
+        try:
+            errors = consistency_errors(docs)
+        except (KeyError, TypeError, ValueError) as e:
+            errors = [f"consistency checks could not read the objects: {e!r}"]
+    kinds = {}
+    for d in docs:
+        kinds[d["kind"]] = kinds.get(d["kind"], 0) + 1
+    summary = (f"{len(docs)} objects; {counts['kubernetes-validate']} by kubernetes-validate {version} strict, "
+               f"{counts['CRD schema']} by CRD schema; " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    return finish(label, errors, summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grafana, Dockerfile, compose
+
+
+def documented_metrics(telemetry_rs):
+    """Metric names listed in the doc comment of processor/src/telemetry.rs (`name{labels}`)."""
+    with open(telemetry_rs) as f:
+        head = "".join(line for line in f if line.startswith("//!"))
+    return set(re.findall(r"`([a-z_][a-z0-9_]*)(?:\{[^`]*\})?`", head))
+
+
+PROMQL_WORDS = {"sum", "rate", "irate", "increase", "max", "min", "avg", "count", "by", "without", "le",
+                "histogram_quantile", "topk", "bottomk", "on", "ignoring", "group_left", "group_right",
+                "and", "or", "unless", "offset", "clamp_min", "clamp_max", "abs", "delta", "deriv", "time"}
+
+
+def cmd_dashboard(label, path, telemetry_rs):
+    errors = []
+    try:
+        with open(path) as f:
+            dash = json.load(f)
+    except (OSError, ValueError) as e:
+        return finish(label, [f"not JSON: {e}"], "")
+    known = documented_metrics(telemetry_rs)
+    if not known:
+        errors.append(f"no metric names found in {telemetry_rs}")
+    panels = dash.get("panels", [])
+    ids = [p.get("id") for p in panels]
+    if len(ids) != len(set(ids)):
+        errors.append("panel ids are not unique")
+    used = set()
+    for p in panels:
+        for t in p.get("targets", []):
+            if t.get("datasource", p.get("datasource", {})).get("uid") != "prometheus":
+                errors.append(f"panel {p.get('title')!r}: datasource uid must be 'prometheus' (provisioned)")
+            expr = t.get("expr", "")
+            if expr.count("(") != expr.count(")"):
+                errors.append(f"panel {p.get('title')!r}: unbalanced parentheses in {expr!r}")
+            # Strip strings, label matchers and ranges, then every remaining identifier is a
+            # function, keyword, label or metric; metrics must be documented ones.
+            bare = re.sub(r'"[^"]*"', "", expr)
+            bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", bare)
+            grouping = set()
+            for m in re.finditer(r"\b(?:by|without)\s*\(([^)]*)\)", bare):
+                grouping |= {x.strip() for x in m.group(1).split(",")}
+            for ident in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", bare):
+                if ident in PROMQL_WORDS or ident in grouping:
+                    continue
+                base = re.sub(r"_(bucket|sum|count)$", "", ident)
+                used.add(base)
+                if base not in known:
+                    errors.append(f"panel {p.get('title')!r}: metric {ident} is not one telemetry.rs documents")
+    return finish(label, errors, f"{len(panels)} panels, {len(used)} metrics, all documented in telemetry.rs")
+
+
+def cmd_grafana_provisioning(label, path):
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        return finish(label, [str(e)], "")
+    errors = []
+    if doc.get("apiVersion") != 1:
+        errors.append("apiVersion must be 1")
+    if "datasources" in doc:
+        for ds in doc["datasources"]:
+            for key in ("name", "type", "url", "uid"):
+                if key not in ds:
+                    errors.append(f"datasource {ds.get('name')}: missing {key}")
+        what = f"{len(doc['datasources'])} datasource(s)"
+    elif "providers" in doc:
+        for p in doc["providers"]:
+            if p.get("type") != "file" or not p.get("options", {}).get("path"):
+                errors.append(f"provider {p.get('name')}: needs type file and options.path")
+        what = f"{len(doc['providers'])} dashboard provider(s)"
+    else:
+        errors.append("neither datasources nor providers")
+        what = ""
+    return finish(label, errors, what)
+
+
+def cmd_dockerfile(label, dockerfile, compose):
+    with open(dockerfile) as f:
+        text = f.read()
+    errors = []
+    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.M | re.I)
+    with open(compose) as f:
+        services = yaml.safe_load(f)["services"]
+    targets = {s["build"]["target"] for s in services.values() if isinstance(s.get("build"), dict) and "target" in s["build"]}
+    for t in sorted(targets - set(stages)):
+        errors.append(f"compose builds target {t!r}, which the Dockerfile lacks")
+    if not stages or stages[-1] != "processor":
+        errors.append("the last stage (default target) should be processor")
+    if not re.search(r"^USER\s+[1-9][0-9]*(:[0-9]+)?\s*$", text, re.M):
+        errors.append("no numeric non-root USER (Kubernetes runAsNonRoot needs a numeric UID)")
+    blocks = re.split(r"^FROM\s", text, flags=re.M)
+    for t in ("processor", "embed", "status-api"):
+        block = next((b for b in blocks if re.match(rf"\S+\s+AS\s+{re.escape(t)}\s*$", b.splitlines()[0] if b else "", re.I)), None)
+        if block is None:
+            errors.append(f"no stage {t}")
+        elif "ENTRYPOINT" not in block:
+            errors.append(f"stage {t} has no ENTRYPOINT")
+    return finish(label, errors, f"stages {', '.join(stages)}; compose targets {', '.join(sorted(targets))}")
+
+
+def cmd_compose_files(label, compose):
+    root = os.path.dirname(os.path.abspath(compose))
+    with open(compose) as f:
+        doc = yaml.safe_load(f)
+    errors, count = [], 0
+    for name, svc in doc["services"].items():
+        for v in svc.get("volumes", []):
+            src = v.split(":")[0] if isinstance(v, str) else v.get("source", "")
+            if not src.startswith("./"):
+                continue  # named volume, or a host path chosen by the user (${MODEL_HOST_DIR})
+            count += 1
+            if not os.path.exists(os.path.join(root, src)):
+                errors.append(f"service {name}: bind mount source {src} does not exist")
+    return finish(label, errors, f"{count} bind mounts present")
+
+
+def main(argv):
+    cmds = {"k8s": cmd_k8s, "dashboard": cmd_dashboard, "grafana-provisioning": cmd_grafana_provisioning,
+            "dockerfile": cmd_dockerfile, "compose-files": cmd_compose_files}
+    if len(argv) < 2 or argv[0] not in cmds:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return cmds[argv[0]](*argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
