@@ -33,7 +33,10 @@ struct SharpResult {
 }
 
 fn process_cpu_ms() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec; CLOCK_PROCESS_CPUTIME_ID is always available on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
@@ -58,14 +61,22 @@ fn ssim(ours: &[u8], theirs: &[u8]) -> anyhow::Result<(f64, bool)> {
     let a = image::load_from_memory(ours)?.to_luma8();
     let b = image::load_from_memory(theirs)?.to_luma8();
     let same = a.dimensions() == b.dimensions();
-    let (w, h) = (a.width().min(b.width()) as usize, a.height().min(b.height()) as usize);
+    let (w, h) = (
+        a.width().min(b.width()) as usize,
+        a.height().min(b.height()) as usize,
+    );
     anyhow::ensure!(w >= 11 && h >= 11, "thumbnail smaller than the SSIM window");
     let plane = |img: &image::GrayImage| -> Vec<f64> {
-        (0..h).flat_map(|y| (0..w).map(move |x| (x, y))).map(|(x, y)| img.get_pixel(x as u32, y as u32).0[0] as f64).collect()
+        (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| img.get_pixel(x as u32, y as u32).0[0] as f64)
+            .collect()
     };
     let (x, y) = (plane(&a), plane(&b));
     let kernel: Vec<f64> = {
-        let k: Vec<f64> = (-5..=5).map(|i: i32| (-(i * i) as f64 / (2.0 * 1.5 * 1.5)).exp()).collect();
+        let k: Vec<f64> = (-5..=5)
+            .map(|i: i32| (-(i * i) as f64 / (2.0 * 1.5 * 1.5)).exp())
+            .collect();
         let sum: f64 = k.iter().sum();
         k.into_iter().map(|v| v / sum).collect()
     };
@@ -88,13 +99,22 @@ fn ssim(ours: &[u8], theirs: &[u8]) -> anyhow::Result<(f64, bool)> {
     };
     let prod = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(a, b)| a * b).collect::<Vec<f64>>();
     let (mx, my) = (blur(&x), blur(&y));
-    let (sxx, syy, sxy) = (blur(&prod(&x, &x)), blur(&prod(&y, &y)), blur(&prod(&x, &y)));
+    let (sxx, syy, sxy) = (
+        blur(&prod(&x, &x)),
+        blur(&prod(&y, &y)),
+        blur(&prod(&x, &y)),
+    );
     let (c1, c2) = ((0.01f64 * 255.0).powi(2), (0.03f64 * 255.0).powi(2));
     let n = mx.len();
     let total: f64 = (0..n)
         .map(|i| {
-            let (vx, vy, cxy) = (sxx[i] - mx[i] * mx[i], syy[i] - my[i] * my[i], sxy[i] - mx[i] * my[i]);
-            ((2.0 * mx[i] * my[i] + c1) * (2.0 * cxy + c2)) / ((mx[i] * mx[i] + my[i] * my[i] + c1) * (vx + vy + c2))
+            let (vx, vy, cxy) = (
+                sxx[i] - mx[i] * mx[i],
+                syy[i] - my[i] * my[i],
+                sxy[i] - mx[i] * my[i],
+            );
+            ((2.0 * mx[i] * my[i] + c1) * (2.0 * cxy + c2))
+                / ((mx[i] * mx[i] + my[i] * my[i] + c1) * (vx + vy + c2))
         })
         .sum();
     Ok((total / n as f64, same))
@@ -107,11 +127,19 @@ fn main() -> anyhow::Result<()> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str::<SharpResult>(l).map(|r| (r.file.clone(), r)))
         .collect::<Result<_, _>>()?;
-    let mut renderer = Renderer::new(RenderOptions::default()).map_err(|f| anyhow::anyhow!(f.detail))?;
+    let mut renderer =
+        Renderer::new(RenderOptions::default()).map_err(|f| anyhow::anyhow!(f.detail))?;
     let (mut ratios, mut ssims, mut ours_total, mut sharp_total) = (vec![], vec![], 0.0, 0.0);
-    println!("{:<40} {:>9} {:>9} {:>6} {:>7}  note", "photo", "ours_ms", "sharp_ms", "ratio", "ssim");
+    println!(
+        "{:<40} {:>9} {:>9} {:>6} {:>7}  note",
+        "photo", "ours_ms", "sharp_ms", "ratio", "ssim"
+    );
     for file in &args.files {
-        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .to_string();
         let data = std::fs::read(file)?;
         let mut times = Vec::with_capacity(args.repeats);
         let mut last = None;
@@ -123,18 +151,37 @@ fn main() -> anyhow::Result<()> {
         }
         let ours_ms = median(&mut times);
         let Some(s) = sharp.get(&name) else {
-            println!("{name:<40} {ours_ms:>9.1} {:>9} {:>6} {:>7}  sharp did not run", "-", "-", "-");
+            println!(
+                "{name:<40} {ours_ms:>9.1} {:>9} {:>6} {:>7}  sharp did not run",
+                "-", "-", "-"
+            );
             continue;
         };
         match (last.expect("repeats >= 1"), &s.error) {
-            (Err(f), _) => println!("{name:<40} {ours_ms:>9.1} {:>9} {:>6} {:>7}  ours failed: {}: {}", "-", "-", "-", f.reason.as_str(), f.detail),
-            (Ok(_), Some(e)) => println!("{name:<40} {ours_ms:>9.1} {:>9} {:>6} {:>7}  sharp failed: {e}", "-", "-", "-"),
+            (Err(f), _) => println!(
+                "{name:<40} {ours_ms:>9.1} {:>9} {:>6} {:>7}  ours failed: {}: {}",
+                "-",
+                "-",
+                "-",
+                f.reason.as_str(),
+                f.detail
+            ),
+            (Ok(_), Some(e)) => println!(
+                "{name:<40} {ours_ms:>9.1} {:>9} {:>6} {:>7}  sharp failed: {e}",
+                "-", "-", "-"
+            ),
             (Ok(out), None) => {
                 let sharp_ms = median(&mut s.cpu_ms.clone());
                 let theirs = std::fs::read(args.sharp_out.join(format!("{name}.jpg")))?;
                 if let Ok(dir) = std::env::var("BENCH_DUMP_DIR") {
-                    std::fs::write(PathBuf::from(&dir).join(format!("{name}.ours.jpg")), &out.jpeg)?;
-                    std::fs::write(PathBuf::from(&dir).join(format!("{name}.sharp.jpg")), &theirs)?;
+                    std::fs::write(
+                        PathBuf::from(&dir).join(format!("{name}.ours.jpg")),
+                        &out.jpeg,
+                    )?;
+                    std::fs::write(
+                        PathBuf::from(&dir).join(format!("{name}.sharp.jpg")),
+                        &theirs,
+                    )?;
                 }
                 let (score, same_size) = ssim(&out.jpeg, &theirs)?;
                 let ratio = ours_ms / sharp_ms;
@@ -142,15 +189,28 @@ fn main() -> anyhow::Result<()> {
                 ssims.push(score);
                 ours_total += ours_ms;
                 sharp_total += sharp_ms;
-                let note = if same_size { String::new() } else { format!("size differs from sharp ({}x{})", out.width, out.height) };
-                println!("{name:<40} {ours_ms:>9.1} {sharp_ms:>9.1} {ratio:>6.2} {score:>7.4}  {note}");
+                let note = if same_size {
+                    String::new()
+                } else {
+                    format!("size differs from sharp ({}x{})", out.width, out.height)
+                };
+                println!(
+                    "{name:<40} {ours_ms:>9.1} {sharp_ms:>9.1} {ratio:>6.2} {score:>7.4}  {note}"
+                );
             }
         }
     }
     anyhow::ensure!(!ratios.is_empty(), "no photo was rendered by both");
     let ssim_mean = ssims.iter().sum::<f64>() / ssims.len() as f64;
     let ssim_min = ssims.iter().cloned().fold(f64::INFINITY, f64::min);
-    println!("photos={} total_cpu_ms ours={ours_total:.1} sharp={sharp_total:.1} total_ratio={:.3}", ratios.len(), ours_total / sharp_total);
-    println!("ratio={:.3} ssim_mean={ssim_mean:.4} ssim_min={ssim_min:.4}", median(&mut ratios));
+    println!(
+        "photos={} total_cpu_ms ours={ours_total:.1} sharp={sharp_total:.1} total_ratio={:.3}",
+        ratios.len(),
+        ours_total / sharp_total
+    );
+    println!(
+        "ratio={:.3} ssim_mean={ssim_mean:.4} ssim_min={ssim_min:.4}",
+        median(&mut ratios)
+    );
     Ok(())
 }

@@ -30,7 +30,14 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// The JSON body B2 sends for one object-created event.
-pub fn event_body(event_type: &str, bucket: &str, key: &str, size: u64, version_id: &str, event_id: &str) -> serde_json::Value {
+pub fn event_body(
+    event_type: &str,
+    bucket: &str,
+    key: &str,
+    size: u64,
+    version_id: &str,
+    event_id: &str,
+) -> serde_json::Value {
     json!({
         "events": [{
             "accountId": "local-account",
@@ -49,16 +56,26 @@ pub fn event_body(event_type: &str, bucket: &str, key: &str, size: u64, version_
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl B2Emulation {
-    pub fn new(webhook_url: impl Into<String>, secret: impl Into<String>, prefix: impl Into<String>) -> Self {
+    pub fn new(
+        webhook_url: impl Into<String>,
+        secret: impl Into<String>,
+        prefix: impl Into<String>,
+    ) -> Self {
         Self {
             webhook_url: webhook_url.into(),
             secret: secret.into(),
             prefix: prefix.into(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("static client"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("static client"),
             seq: Arc::new(AtomicU64::new(0)),
             delivered: Arc::new(AtomicU64::new(0)),
             failed: Arc::new(AtomicU64::new(0)),
@@ -67,19 +84,38 @@ impl B2Emulation {
 
     /// A fresh B2-style object version id.
     pub fn new_version_id(&self) -> String {
-        format!("4_z{:016x}_f{:08x}", rand::random::<u64>(), self.seq.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "4_z{:016x}_f{:08x}",
+            rand::random::<u64>(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Notify about a created object, in the background, retrying like B2 does (with backoff,
     /// for up to ~2 minutes) while the webhook answers non-2xx or is unreachable.
-    pub fn object_created(&self, event_type: &'static str, bucket: String, key: String, size: u64, version_id: String) {
+    pub fn object_created(
+        &self,
+        event_type: &'static str,
+        bucket: String,
+        key: String,
+        size: u64,
+        version_id: String,
+    ) {
         if !key.starts_with(&self.prefix) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
             let event_id = format!("evt-{:016x}", rand::random::<u64>());
-            let body = serde_json::to_vec(&event_body(event_type, &bucket, &key, size, &version_id, &event_id)).expect("json");
+            let body = serde_json::to_vec(&event_body(
+                event_type,
+                &bucket,
+                &key,
+                size,
+                &version_id,
+                &event_id,
+            ))
+            .expect("json");
             let sig = signature(this.secret.as_bytes(), &body);
             let mut delay = Duration::from_millis(250);
             for _ in 0..12 {
@@ -96,8 +132,12 @@ impl B2Emulation {
                         this.delivered.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
-                    Ok(r) => tracing::warn!(status = %r.status(), %key, "webhook refused; B2 emulation will retry"),
-                    Err(e) => tracing::warn!(%e, %key, "webhook unreachable; B2 emulation will retry"),
+                    Ok(r) => {
+                        tracing::warn!(status = %r.status(), %key, "webhook refused; B2 emulation will retry")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%e, %key, "webhook unreachable; B2 emulation will retry")
+                    }
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(15));

@@ -40,21 +40,37 @@ impl HookSink {
     /// Distinct idempotency keys seen so far.
     pub fn distinct_keys(&self) -> usize {
         let calls = self.calls.lock().expect("lock");
-        let mut keys: Vec<_> = calls.iter().filter_map(|c| c.idempotency_key.clone()).collect();
+        let mut keys: Vec<_> = calls
+            .iter()
+            .filter_map(|c| c.idempotency_key.clone())
+            .collect();
         keys.sort();
         keys.dedup();
         keys.len()
     }
 }
 
-async fn receive(State(sink): State<HookSink>, headers: HeaderMap, Json(body): Json<serde_json::Value>) -> StatusCode {
-    let failing = sink.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+async fn receive(
+    State(sink): State<HookSink>,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+) -> StatusCode {
+    let failing = sink
+        .fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
     if failing {
         return StatusCode::SERVICE_UNAVAILABLE;
     }
-    let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(String::from);
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     tracing::info!(key = ?idempotency_key, "DB hook call");
-    sink.calls.lock().expect("lock").push(HookCallRecord { idempotency_key, body });
+    sink.calls.lock().expect("lock").push(HookCallRecord {
+        idempotency_key,
+        body,
+    });
     StatusCode::NO_CONTENT
 }
 

@@ -7,7 +7,10 @@ use devstack::{spawn_broker, B2Emulation, HookSink, S3Config, S3Server};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "devstack", about = "Local Kafka broker, S3 server with B2 webhook emulation, and DB-hook sink")]
+#[command(
+    name = "devstack",
+    about = "Local Kafka broker, S3 server with B2 webhook emulation, and DB-hook sink"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,9 +40,17 @@ enum Command {
         #[arg(long, env = "DEV_DATA_DIR", default_value = ".dev")]
         data_dir: PathBuf,
         /// The processor's webhook URL that B2 notifications are sent to.
-        #[arg(long, env = "B2_WEBHOOK_URL", default_value = "http://127.0.0.1:8081/v1/b2/events")]
+        #[arg(
+            long,
+            env = "B2_WEBHOOK_URL",
+            default_value = "http://127.0.0.1:8081/v1/b2/events"
+        )]
         webhook_url: String,
-        #[arg(long, env = "B2_WEBHOOK_SECRET", default_value = "local-webhook-secret")]
+        #[arg(
+            long,
+            env = "B2_WEBHOOK_SECRET",
+            default_value = "local-webhook-secret"
+        )]
         webhook_secret: String,
         /// Only objects under this prefix are notified (B2's objectNamePrefix).
         #[arg(long, env = "B2_NOTIFY_PREFIX", default_value = "users/")]
@@ -65,11 +76,22 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Up { kafka_addr, s3_addr, hook_addr, data_dir, webhook_url, webhook_secret, notify_prefix, s3 } => {
+        Command::Up {
+            kafka_addr,
+            s3_addr,
+            hook_addr,
+            data_dir,
+            webhook_url,
+            webhook_secret,
+            notify_prefix,
+            s3,
+        } => {
             let kafka = spawn_broker(&kafka_addr, Some(&data_dir.join("kafka")))?;
             let notify = B2Emulation::new(&webhook_url, &webhook_secret, &notify_prefix);
             let server = S3Server::spawn(S3Config {
@@ -84,26 +106,50 @@ async fn main() -> anyhow::Result<()> {
             let hook = HookSink::default().spawn(&hook_addr).await?;
             println!("devstack up");
             println!("  kafka           {kafka}");
-            println!("  s3              http://{}  bucket={} access_key={} secret_key={}", server.addr, s3.bucket, s3.access_key, s3.secret_key);
+            println!(
+                "  s3              http://{}  bucket={} access_key={} secret_key={}",
+                server.addr, s3.bucket, s3.access_key, s3.secret_key
+            );
             println!("  b2 webhook  ->  {webhook_url}  (prefix {notify_prefix:?}, signing secret {webhook_secret})");
             println!("  db hook sink    http://{hook}/hook  (calls: GET http://{hook}/hook/calls)");
             tokio::signal::ctrl_c().await?;
             Ok(())
         }
-        Command::Upload { user, endpoint, suffix, s3, files } => {
+        Command::Upload {
+            user,
+            endpoint,
+            suffix,
+            s3,
+            files,
+        } => {
             let conf = aws_sdk_s3::Config::builder()
                 .behavior_version_latest()
                 .endpoint_url(endpoint)
                 .region(Region::new("us-east-1"))
-                .credentials_provider(Credentials::new(s3.access_key, s3.secret_key, None, None, "devstack"))
+                .credentials_provider(Credentials::new(
+                    s3.access_key,
+                    s3.secret_key,
+                    None,
+                    None,
+                    "devstack",
+                ))
                 .force_path_style(true)
                 .build();
             let client = aws_sdk_s3::Client::from_conf(conf);
             for file in files {
-                let name = file.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow::anyhow!("bad file name {file:?}"))?;
+                let name = file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| anyhow::anyhow!("bad file name {file:?}"))?;
                 let key = format!("users/{user}/photos/{name}{suffix}");
                 let body = aws_sdk_s3::primitives::ByteStream::from_path(&file).await?;
-                client.put_object().bucket(&s3.bucket).key(&key).body(body).send().await?;
+                client
+                    .put_object()
+                    .bucket(&s3.bucket)
+                    .key(&key)
+                    .body(body)
+                    .send()
+                    .await?;
                 println!("uploaded s3://{}/{key}", s3.bucket);
             }
             Ok(())

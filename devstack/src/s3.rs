@@ -48,11 +48,17 @@ impl Faults {
     }
 
     fn unavailable(&self) -> bool {
-        self.unavailable_until.lock().expect("lock").is_some_and(|t| Instant::now() < t)
+        self.unavailable_until
+            .lock()
+            .expect("lock")
+            .is_some_and(|t| Instant::now() < t)
     }
 
     fn delay(&self) -> Option<Duration> {
-        self.slow_until.lock().expect("lock").and_then(|(t, d)| (Instant::now() < t).then_some(d))
+        self.slow_until
+            .lock()
+            .expect("lock")
+            .and_then(|(t, d)| (Instant::now() < t).then_some(d))
     }
 }
 
@@ -68,24 +74,37 @@ impl S3Server {
         for b in &cfg.buckets {
             std::fs::create_dir_all(cfg.root.join(b))?;
         }
-        let fs = s3s_fs::FileSystem::new(&cfg.root).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?;
+        let fs =
+            s3s_fs::FileSystem::new(&cfg.root).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?;
         let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(cfg.access_key.clone(), cfg.secret_key.clone()));
+        builder.set_auth(SimpleAuth::from_single(
+            cfg.access_key.clone(),
+            cfg.secret_key.clone(),
+        ));
         let s3 = builder.build();
         let listener = tokio::net::TcpListener::bind(&cfg.addr).await?;
         let addr = listener.local_addr()?;
         let faults = Faults::default();
-        let state = Arc::new(State { s3, root: cfg.root.clone(), notify: cfg.notify.clone(), faults: faults.clone() });
+        let state = Arc::new(State {
+            s3,
+            root: cfg.root.clone(),
+            notify: cfg.notify.clone(),
+            faults: faults.clone(),
+        });
         tokio::spawn(async move {
             loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
                 let state = state.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let state = state.clone();
                         async move { state.handle(req).await }
                     });
-                    let _ = ConnBuilder::new(TokioExecutor::new()).serve_connection(TokioIo::new(socket), svc).await;
+                    let _ = ConnBuilder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(socket), svc)
+                        .await;
                 });
             }
         });
@@ -105,7 +124,10 @@ type Body = s3s::Body;
 fn cors<B>(mut resp: Response<B>) -> Response<B> {
     let h = resp.headers_mut();
     h.insert("access-control-allow-origin", "*".parse().expect("static"));
-    h.insert("access-control-expose-headers", "etag, x-amz-version-id".parse().expect("static"));
+    h.insert(
+        "access-control-expose-headers",
+        "etag, x-amz-version-id".parse().expect("static"),
+    );
     resp
 }
 
@@ -114,7 +136,10 @@ impl State {
         if req.method() == Method::OPTIONS {
             let resp = Response::builder()
                 .status(StatusCode::OK)
-                .header("access-control-allow-methods", "GET, PUT, POST, HEAD, DELETE")
+                .header(
+                    "access-control-allow-methods",
+                    "GET, PUT, POST, HEAD, DELETE",
+                )
                 .header("access-control-allow-headers", "*")
                 .header("access-control-max-age", "600")
                 .body(Body::empty())
@@ -126,7 +151,10 @@ impl State {
         }
         if self.faults.unavailable() {
             let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>injected outage</Message></Error>";
-            let resp = Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).body(Body::from(xml.to_string())).expect("static");
+            let resp = Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .body(Body::from(xml.to_string()))
+                .expect("static");
             return Ok(resp);
         }
         let method = req.method().clone();
@@ -143,7 +171,11 @@ impl State {
     /// Fire the B2 notification for object-creating requests.
     fn after_success(&self, method: &Method, path: &str, query: &str, copy: bool) {
         let Some(notify) = &self.notify else { return };
-        let has = |name: &str| query.split('&').any(|kv| kv.split('=').next() == Some(name));
+        let has = |name: &str| {
+            query
+                .split('&')
+                .any(|kv| kv.split('=').next() == Some(name))
+        };
         let event_type = if method == Method::PUT && !has("partNumber") && !has("uploadId") {
             if copy {
                 "b2:ObjectCreated:Copy"
@@ -155,12 +187,24 @@ impl State {
         } else {
             return;
         };
-        let decoded = percent_encoding::percent_decode_str(path.trim_start_matches('/')).decode_utf8_lossy().into_owned();
-        let Some((bucket, key)) = decoded.split_once('/') else { return };
+        let decoded = percent_encoding::percent_decode_str(path.trim_start_matches('/'))
+            .decode_utf8_lossy()
+            .into_owned();
+        let Some((bucket, key)) = decoded.split_once('/') else {
+            return;
+        };
         if key.is_empty() {
             return;
         }
-        let size = std::fs::metadata(self.root.join(bucket).join(key)).map(|m| m.len()).unwrap_or(0);
-        notify.object_created(event_type, bucket.to_string(), key.to_string(), size, notify.new_version_id());
+        let size = std::fs::metadata(self.root.join(bucket).join(key))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        notify.object_created(
+            event_type,
+            bucket.to_string(),
+            key.to_string(),
+            size,
+            notify.new_version_id(),
+        );
     }
 }

@@ -17,12 +17,19 @@ pub const TOKEN_SECRET: &str = "test-token-secret";
 /// `../shared/corpus` beside the repository.
 pub fn corpus() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
-    assert!(p.is_dir(), "test photos not found at {p:?}: the repository must sit beside shared/");
+    assert!(
+        p.is_dir(),
+        "test photos not found at {p:?}: the repository must sit beside shared/"
+    );
     p
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Topic names unique to one test, so tests can share an external broker.
@@ -52,8 +59,15 @@ impl Topics {
 /// (`target/debug/deps/<test>` → `target/debug/<name>`); `cargo build --workspace` builds it.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe.parent().and_then(Path::parent).expect("target/debug").join(name);
-    assert!(bin.is_file(), "{bin:?} not found: run `cargo build --workspace` first (scripts/test does)");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/debug")
+        .join(name);
+    assert!(
+        bin.is_file(),
+        "{bin:?} not found: run `cargo build --workspace` first (scripts/test does)"
+    );
     bin
 }
 
@@ -82,14 +96,23 @@ impl Stack {
     }
 
     /// Start the stack; `extra_env` is passed to the processor (e.g. `MAX_PIXELS`).
-    pub async fn start_with(processor_bin: impl Into<PathBuf>, extra_env: Vec<(&str, &str)>) -> Self {
+    pub async fn start_with(
+        processor_bin: impl Into<PathBuf>,
+        extra_env: Vec<(&str, &str)>,
+    ) -> Self {
         let brokers = match std::env::var("TEST_KAFKA_BROKERS") {
             Ok(b) if !b.is_empty() => b,
-            _ => crate::spawn_broker("127.0.0.1:0", None).unwrap().to_string(),
+            _ => crate::spawn_broker("127.0.0.1:0", None)
+                .unwrap()
+                .to_string(),
         };
         let dir = tempfile::tempdir().unwrap();
         let processor_port = free_port();
-        let notify = B2Emulation::new(format!("http://127.0.0.1:{processor_port}/v1/b2/events"), SECRET, "users/");
+        let notify = B2Emulation::new(
+            format!("http://127.0.0.1:{processor_port}/v1/b2/events"),
+            SECRET,
+            "users/",
+        );
         let s3 = S3Server::spawn(S3Config {
             addr: "127.0.0.1:0".into(),
             root: dir.path().join("s3"),
@@ -114,7 +137,10 @@ impl Stack {
             processor: None,
             status_api: None,
             status_port: free_port(),
-            extra_env: extra_env.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra_env: extra_env
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _dir: dir,
         };
         stack.start_processor().await;
@@ -125,8 +151,14 @@ impl Stack {
         let mut cmd = Command::new(&self.processor_bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", std::env::var("TEST_PROCESSOR_LOG").unwrap_or_else(|_| "warn".into()))
-            .env("PROCESSOR_HTTP_ADDR", format!("127.0.0.1:{}", self.processor_port))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_PROCESSOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .env(
+                "PROCESSOR_HTTP_ADDR",
+                format!("127.0.0.1:{}", self.processor_port),
+            )
             .env("KAFKA_BROKERS", &self.brokers)
             .env("KAFKA_TOPIC_PARTITIONS", "3")
             .env("TOPIC_UPLOADED", &self.topics.uploaded)
@@ -135,7 +167,10 @@ impl Stack {
             .env("TOPIC_DLQ", &self.topics.dlq)
             .env("THUMBNAIL_GROUP", &self.topics.group)
             // A restarted processor takes its partitions back at once (static membership).
-            .env("KAFKA_GROUP_INSTANCE_ID", format!("{}-0", self.topics.group))
+            .env(
+                "KAFKA_GROUP_INSTANCE_ID",
+                format!("{}-0", self.topics.group),
+            )
             .env("S3_ENDPOINT", &self.s3_endpoint)
             .env("S3_ACCESS_KEY", "test")
             .env("S3_SECRET_KEY", "testsecret")
@@ -150,7 +185,10 @@ impl Stack {
         self.processor = Some(cmd.spawn().expect("start processor binary"));
         let url = format!("http://127.0.0.1:{}/readyz", self.processor_port);
         wait_for(Duration::from_secs(60), "processor ready", || async {
-            reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false)
+            reqwest::get(&url)
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
         })
         .await;
     }
@@ -161,8 +199,14 @@ impl Stack {
         let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", std::env::var("TEST_STATUS_LOG").unwrap_or_else(|_| "warn".into()))
-            .env("STATUS_HTTP_ADDR", format!("127.0.0.1:{}", self.status_port))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_STATUS_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .env(
+                "STATUS_HTTP_ADDR",
+                format!("127.0.0.1:{}", self.status_port),
+            )
             .env("KAFKA_BROKERS", &self.brokers)
             .env("TOPIC_UPLOADED", &self.topics.uploaded)
             .env("TOPIC_THUMBNAILED", &self.topics.thumbnailed)
@@ -176,7 +220,10 @@ impl Stack {
         self.status_api = Some(cmd.spawn().expect("start status-api binary"));
         let url = format!("{}/readyz", self.status_url());
         wait_for(Duration::from_secs(60), "status-api ready", || async {
-            reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false)
+            reqwest::get(&url)
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
         })
         .await;
     }
@@ -204,7 +251,11 @@ impl Stack {
     /// SIGTERM the processor and wait for it to exit.
     pub fn stop_processor(&mut self) -> std::process::ExitStatus {
         let mut p = self.processor.take().expect("processor running");
-        Command::new("kill").arg("-TERM").arg(p.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(p.id().to_string())
+            .status()
+            .unwrap();
         p.wait().unwrap()
     }
 
@@ -218,7 +269,9 @@ impl Stack {
 
     /// Photos the running processor has finished (ok or failed), from its /metrics.
     pub async fn processed_count(&self) -> u64 {
-        let Ok(r) = reqwest::get(self.metrics_url()).await else { return 0 };
+        let Ok(r) = reqwest::get(self.metrics_url()).await else {
+            return 0;
+        };
         let text = r.text().await.unwrap_or_default();
         text.lines()
             .filter(|l| l.starts_with("photos_processed_total{"))
@@ -249,7 +302,14 @@ impl Stack {
     }
 
     pub async fn get_object(&self, key: &str) -> Option<Vec<u8>> {
-        let r = self.s3_client().get_object().bucket(BUCKET).key(key).send().await.ok()?;
+        let r = self
+            .s3_client()
+            .get_object()
+            .bucket(BUCKET)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
         Some(r.body.collect().await.ok()?.into_bytes().to_vec())
     }
 
@@ -265,7 +325,12 @@ impl Stack {
     }
 
     /// Wait until `topic` has at least `n` records with distinct photo ids; return all records.
-    pub async fn wait_for_photos(&self, topic: &str, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+    pub async fn wait_for_photos(
+        &self,
+        topic: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
         let start = Instant::now();
         loop {
             let records = self.read_topic(topic);
@@ -290,7 +355,10 @@ impl Drop for Stack {
 }
 
 pub fn distinct_photos(records: &[serde_json::Value]) -> usize {
-    let mut ids: Vec<&str> = records.iter().filter_map(|r| r["photo_id"].as_str()).collect();
+    let mut ids: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["photo_id"].as_str())
+        .collect();
     ids.sort();
     ids.dedup();
     ids.len()
@@ -299,7 +367,19 @@ pub fn distinct_photos(records: &[serde_json::Value]) -> usize {
 /// Read a whole topic from the beginning with kcat (`-e`: exit at the end of every partition).
 pub fn kcat_read(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
     let out = Command::new("kcat")
-        .args(["-b", brokers, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%s\n"])
+        .args([
+            "-b",
+            brokers,
+            "-C",
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%s\n",
+        ])
         .output()
         .expect("kcat is installed (scripts/test installs it)");
     if !out.status.success() {
@@ -313,7 +393,10 @@ pub fn kcat_read(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("record on {topic} is not JSON ({e}): {l}")))
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("record on {topic} is not JSON ({e}): {l}"))
+        })
         .collect()
 }
 
@@ -329,11 +412,14 @@ pub fn rdkafka_read(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else { return vec![] };
+    let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return vec![];
+    };
     let mut tpl = TopicPartitionList::new();
     for t in md.topics() {
         for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
         }
     }
     if tpl.count() == 0 {
@@ -346,7 +432,10 @@ pub fn rdkafka_read(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let payload = m.payload().unwrap_or_default();
-                out.push(serde_json::from_slice(payload).unwrap_or_else(|e| panic!("record on {topic} is not JSON ({e})")));
+                out.push(
+                    serde_json::from_slice(payload)
+                        .unwrap_or_else(|e| panic!("record on {topic} is not JSON ({e})")),
+                );
                 idle_since = Instant::now();
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
@@ -370,7 +459,14 @@ where
 
 /// A signed B2 webhook body for one object-created event.
 pub fn signed_event(bucket: &str, key: &str, version: &str, event_id: &str) -> (Vec<u8>, String) {
-    let body = crate::b2::event_body("b2:ObjectCreated:Upload", bucket, key, 10, version, event_id);
+    let body = crate::b2::event_body(
+        "b2:ObjectCreated:Upload",
+        bucket,
+        key,
+        10,
+        version,
+        event_id,
+    );
     let body = serde_json::to_vec(&body).unwrap();
     let sig = crate::b2::signature(SECRET.as_bytes(), &body);
     (body, sig)

@@ -17,10 +17,19 @@ pub enum Stage {
 
 /// Everything the processor reads at start-up.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "processor", version, about = "photo-pipeline processor: upload (B2 webhook) and thumbnail stages")]
+#[command(
+    name = "processor",
+    version,
+    about = "photo-pipeline processor: upload (B2 webhook) and thumbnail stages"
+)]
 pub struct Config {
     /// Stages to run in this process.
-    #[arg(long, env = "PROCESSOR_STAGES", value_delimiter = ',', default_value = "ingest,thumbnail")]
+    #[arg(
+        long,
+        env = "PROCESSOR_STAGES",
+        value_delimiter = ',',
+        default_value = "ingest,thumbnail"
+    )]
     pub stages: Vec<Stage>,
 
     /// HTTP listen address: B2 webhook, /metrics, /healthz, /readyz.
@@ -58,7 +67,11 @@ pub struct Config {
     pub topic_dlq: String,
 
     /// Consumer group of the thumbnail stage.
-    #[arg(long, env = "THUMBNAIL_GROUP", default_value = "photo-pipeline-thumbnail")]
+    #[arg(
+        long,
+        env = "THUMBNAIL_GROUP",
+        default_value = "photo-pipeline-thumbnail"
+    )]
     pub thumbnail_group: String,
 
     /// Static group membership (KIP-345): a stable id per replica (e.g. the StatefulSet pod
@@ -73,19 +86,37 @@ pub struct Config {
     pub s3_region: String,
     #[arg(long, env = "S3_ACCESS_KEY", default_value = "local")]
     pub s3_access_key: String,
-    #[arg(long, env = "S3_SECRET_KEY", default_value = "localsecret", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "S3_SECRET_KEY",
+        default_value = "localsecret",
+        hide_env_values = true
+    )]
     pub s3_secret_key: String,
 
     /// Signing secret of the B2 event-notification rule (HMAC-SHA256 of the body).
-    #[arg(long, env = "B2_WEBHOOK_SECRET", default_value = "local-webhook-secret", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "B2_WEBHOOK_SECRET",
+        default_value = "local-webhook-secret",
+        hide_env_values = true
+    )]
     pub webhook_secret: String,
 
     /// Object keys that are users' photos; `{user_id}` and `{file}` are captured.
-    #[arg(long, env = "PHOTO_KEY_PATTERN", default_value = "users/{user_id}/photos/{file}")]
+    #[arg(
+        long,
+        env = "PHOTO_KEY_PATTERN",
+        default_value = "users/{user_id}/photos/{file}"
+    )]
     pub photo_key_pattern: String,
 
     /// Where thumbnails are written; `{user_id}` and `{file}` from the photo key.
-    #[arg(long, env = "THUMB_KEY_PATTERN", default_value = "users/{user_id}/thumbs/{file}.jpg")]
+    #[arg(
+        long,
+        env = "THUMB_KEY_PATTERN",
+        default_value = "users/{user_id}/thumbs/{file}.jpg"
+    )]
     pub thumb_key_pattern: String,
 
     /// Thumbnail box (fit inside, aspect kept, never upscaled).
@@ -142,7 +173,11 @@ impl Config {
 
     pub fn cpu_workers(&self) -> usize {
         self.cpu_workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            })
             .max(1)
     }
 }

@@ -14,7 +14,11 @@ pub struct FairQueue<T> {
 
 impl<T> Default for FairQueue<T> {
     fn default() -> Self {
-        Self { queues: HashMap::new(), rotation: VecDeque::new(), len: 0 }
+        Self {
+            queues: HashMap::new(),
+            rotation: VecDeque::new(),
+            len: 0,
+        }
     }
 }
 
@@ -31,7 +35,10 @@ impl<T> FairQueue<T> {
     /// The next item: the head of the next user's queue in the rotation.
     pub fn pop(&mut self) -> Option<T> {
         let user = self.rotation.pop_front()?;
-        let q = self.queues.get_mut(&user).expect("rotated users have queues");
+        let q = self
+            .queues
+            .get_mut(&user)
+            .expect("rotated users have queues");
         let item = q.pop_front().expect("rotated users have work");
         if q.is_empty() {
             self.queues.remove(&user);

@@ -102,7 +102,11 @@ impl IntoResponse for IngestError {
             Self::Unavailable(_) => "unavailable",
         };
         metrics::counter!("webhook_requests_total", "outcome" => reason).increment(1);
-        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 
@@ -115,8 +119,12 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 
 /// Constant-time check of a `v1=<hex>` signature header against the body.
 pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
-    let Some(sig) = header.trim().strip_prefix("v1=") else { return false };
-    let Ok(sig) = hex::decode(sig) else { return false };
+    let Some(sig) = header.trim().strip_prefix("v1=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(sig) else {
+        return false;
+    };
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(body);
     mac.verify_slice(&sig).is_ok()
@@ -134,9 +142,22 @@ pub struct UploadStage {
 }
 
 impl UploadStage {
-    pub fn new(secret: Vec<u8>, photo_keys: KeyPattern, producer: EventProducer, topic: String) -> Self {
-        let seen = Mutex::new(lru::LruCache::new(NonZeroUsize::new(100_000).expect("non-zero")));
-        Self { secret, photo_keys, producer, topic, seen }
+    pub fn new(
+        secret: Vec<u8>,
+        photo_keys: KeyPattern,
+        producer: EventProducer,
+        topic: String,
+    ) -> Self {
+        let seen = Mutex::new(lru::LruCache::new(
+            NonZeroUsize::new(100_000).expect("non-zero"),
+        ));
+        Self {
+            secret,
+            photo_keys,
+            producer,
+            topic,
+            seen,
+        }
     }
 
     fn already_seen(&self, event_id: &str) -> bool {
@@ -151,9 +172,20 @@ impl UploadStage {
 /// Turn one object-created event into a `PhotoUploaded`, or say why not.
 fn to_photo(stage: &UploadStage, e: &B2Event, now: i64) -> Result<PhotoUploaded, String> {
     let key = e.object_name.as_deref().ok_or("objectName missing")?;
-    let bucket = e.bucket_name.as_deref().filter(|b| !b.is_empty()).ok_or("bucketName missing")?;
-    let event_id = e.event_id.clone().filter(|i| !i.is_empty()).ok_or("eventId missing")?;
-    let photo = stage.photo_keys.match_key(key).map_err(|err| err.to_string())?;
+    let bucket = e
+        .bucket_name
+        .as_deref()
+        .filter(|b| !b.is_empty())
+        .ok_or("bucketName missing")?;
+    let event_id = e
+        .event_id
+        .clone()
+        .filter(|i| !i.is_empty())
+        .ok_or("eventId missing")?;
+    let photo = stage
+        .photo_keys
+        .match_key(key)
+        .map_err(|err| err.to_string())?;
     let version_id = e.object_version_id.clone().unwrap_or_default();
     Ok(PhotoUploaded {
         schema_version: SCHEMA_VERSION,
@@ -183,7 +215,8 @@ pub async fn b2_events(
         tracing::warn!("webhook with a bad signature refused");
         return Err(IngestError::BadSignature);
     }
-    let note: B2Notification = serde_json::from_slice(&body).map_err(|e| IngestError::BadBody(e.to_string()))?;
+    let note: B2Notification =
+        serde_json::from_slice(&body).map_err(|e| IngestError::BadBody(e.to_string()))?;
     let now = schemas::now_ms();
     let mut reply = IngestReply::default();
     let mut photos = Vec::new();
@@ -200,17 +233,28 @@ pub async fn b2_events(
             }
         }
         match to_photo(&stage, e, now) {
-            Ok(p) if stage.already_seen(&p.event_id) || photos.iter().any(|q: &PhotoUploaded| q.event_id == p.event_id) => {
+            Ok(p)
+                if stage.already_seen(&p.event_id)
+                    || photos
+                        .iter()
+                        .any(|q: &PhotoUploaded| q.event_id == p.event_id) =>
+            {
                 reply.duplicates += 1
             }
             Ok(p) => photos.push(p),
             Err(reason) => {
                 metrics::counter!("webhook_events_rejected_total").increment(1);
-                reply.rejected.push(RejectedEvent { event_id: e.event_id.clone(), object_name: e.object_name.clone(), reason })
+                reply.rejected.push(RejectedEvent {
+                    event_id: e.event_id.clone(),
+                    object_name: e.object_name.clone(),
+                    reason,
+                })
             }
         }
     }
-    let sends = photos.iter().map(|p| stage.producer.send(&stage.topic, &p.user_id, p));
+    let sends = photos
+        .iter()
+        .map(|p| stage.producer.send(&stage.topic, &p.user_id, p));
     for result in futures::future::join_all(sends).await {
         result.map_err(|e| IngestError::Unavailable(e.to_string()))?;
     }

@@ -39,7 +39,12 @@ impl KafkaConfig {
 }
 
 /// Create `topics` with `partitions` partitions where missing; existing topics are left alone.
-pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str], partitions: i32, replication: i32) -> anyhow::Result<()> {
+pub async fn ensure_topics(
+    cfg: &KafkaConfig,
+    topics: &[&str],
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = cfg.client_config()?.create()?;
     let new: Vec<NewTopic> = topics
         .iter()
@@ -75,7 +80,12 @@ impl EventProducer {
     }
 
     /// Serialise and send one event; resolves once the broker has acknowledged it.
-    pub async fn send<T: Serialize>(&self, topic: &str, key: &str, event: &T) -> anyhow::Result<(i32, i64)> {
+    pub async fn send<T: Serialize>(
+        &self,
+        topic: &str,
+        key: &str,
+        event: &T,
+    ) -> anyhow::Result<(i32, i64)> {
         let payload = serde_json::to_vec(event)?;
         let record = FutureRecord::to(topic).key(key).payload(&payload);
         match self.inner.send(record, Duration::from_secs(30)).await {

@@ -37,10 +37,16 @@ impl KeyPattern {
         let bad = || KeyError::BadPattern(pattern.to_string());
         let (prefix, rest) = pattern.split_once("{user_id}").ok_or_else(bad)?;
         let (middle, suffix) = rest.split_once("{file}").ok_or_else(bad)?;
-        if suffix.contains('{') || prefix.contains('{') || middle.contains('{') || middle.is_empty() {
+        if suffix.contains('{') || prefix.contains('{') || middle.contains('{') || middle.is_empty()
+        {
             return Err(bad());
         }
-        Ok(Self { raw: pattern.into(), prefix: prefix.into(), middle: middle.into(), suffix: suffix.into() })
+        Ok(Self {
+            raw: pattern.into(),
+            prefix: prefix.into(),
+            middle: middle.into(),
+            suffix: suffix.into(),
+        })
     }
 
     /// Split a key into user and file, refusing keys outside the pattern and unsafe user ids.
@@ -53,19 +59,27 @@ impl KeyPattern {
             return Err(outside());
         }
         validate_user_id(user_id)?;
-        Ok(PhotoKey { user_id: user_id.into(), file: file.into() })
+        Ok(PhotoKey {
+            user_id: user_id.into(),
+            file: file.into(),
+        })
     }
 
     /// Build a key from its parts.
     pub fn render(&self, user_id: &str, file: &str) -> String {
-        format!("{}{}{}{}{}", self.prefix, user_id, self.middle, file, self.suffix)
+        format!(
+            "{}{}{}{}{}",
+            self.prefix, user_id, self.middle, file, self.suffix
+        )
     }
 }
 
 /// User ids become Kafka keys, object-key segments and URL path segments: keep them boring.
 pub fn validate_user_id(user_id: &str) -> Result<(), KeyError> {
     let ok = (1..=128).contains(&user_id.len())
-        && user_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && user_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && user_id != "."
         && user_id != "..";
     if ok {
@@ -83,7 +97,13 @@ mod tests {
     fn default_patterns() {
         let photos = KeyPattern::parse("users/{user_id}/photos/{file}").unwrap();
         let k = photos.match_key("users/u1/photos/2024/IMG_1.jpg").unwrap();
-        assert_eq!(k, PhotoKey { user_id: "u1".into(), file: "2024/IMG_1.jpg".into() });
+        assert_eq!(
+            k,
+            PhotoKey {
+                user_id: "u1".into(),
+                file: "2024/IMG_1.jpg".into()
+            }
+        );
         let thumbs = KeyPattern::parse("users/{user_id}/thumbs/{file}.jpg").unwrap();
         assert_eq!(thumbs.render("u1", "a.png"), "users/u1/thumbs/a.png.jpg");
         // thumbnails themselves are not photos: no feedback loop when B2 notifies on them.
@@ -93,10 +113,19 @@ mod tests {
     #[test]
     fn refuses_keys_outside_and_bad_users() {
         let p = KeyPattern::parse("users/{user_id}/photos/{file}").unwrap();
-        for key in ["other/u1/photos/a.jpg", "users/u1/photos/", "users//photos/a.jpg", "users/u1/a.jpg", "users/../photos/x"] {
+        for key in [
+            "other/u1/photos/a.jpg",
+            "users/u1/photos/",
+            "users//photos/a.jpg",
+            "users/u1/a.jpg",
+            "users/../photos/x",
+        ] {
             assert!(p.match_key(key).is_err(), "{key} should be refused");
         }
-        assert_eq!(p.match_key("users/u 1/photos/a.jpg"), Err(KeyError::BadUserId("u 1".into())));
+        assert_eq!(
+            p.match_key("users/u 1/photos/a.jpg"),
+            Err(KeyError::BadUserId("u 1".into()))
+        );
         assert!(KeyPattern::parse("users/{file}/{user_id}").is_err());
         assert!(KeyPattern::parse("users/photos").is_err());
     }

@@ -40,11 +40,20 @@ impl OffsetTracker {
         let epochs = &mut self.epochs;
         let state = self.partitions.entry(tp.clone()).or_insert_with(|| {
             *epochs += 1;
-            PartitionState { epoch: *epochs, pending: BTreeSet::new(), next: offset, committed: offset }
+            PartitionState {
+                epoch: *epochs,
+                pending: BTreeSet::new(),
+                next: offset,
+                committed: offset,
+            }
         });
         state.pending.insert(offset);
         state.next = state.next.max(offset + 1);
-        Ticket { tp, offset, epoch: state.epoch }
+        Ticket {
+            tp,
+            offset,
+            epoch: state.epoch,
+        }
     }
 
     /// Record that a ticket's work is finished (its outputs durably written). Returns the new
@@ -86,7 +95,11 @@ mod tests {
         let a = t.begin(tp(), 10);
         let b = t.begin(tp(), 11);
         let c = t.begin(tp(), 12);
-        assert_eq!(t.complete(&c), None, "12 done but 10 is not: nothing to commit");
+        assert_eq!(
+            t.complete(&c),
+            None,
+            "12 done but 10 is not: nothing to commit"
+        );
         assert_eq!(t.complete(&b), None);
         assert_eq!(t.complete(&a), Some(13), "all done: commit past 12");
         assert_eq!(t.in_flight(), 0);
@@ -109,7 +122,11 @@ mod tests {
         t.revoke(&tp());
         let new = t.begin(tp(), 5);
         let later = t.begin(tp(), 6);
-        assert_eq!(t.complete(&old), None, "old ticket must not complete the new record 5");
+        assert_eq!(
+            t.complete(&old),
+            None,
+            "old ticket must not complete the new record 5"
+        );
         assert_eq!(t.complete(&later), None);
         assert_eq!(t.complete(&new), Some(7));
     }

@@ -14,7 +14,11 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     pub fn with_budget(budget: Duration) -> Self {
-        Self { first_delay: Duration::from_millis(200), max_delay: Duration::from_secs(5), budget }
+        Self {
+            first_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+            budget,
+        }
     }
 }
 
@@ -85,9 +89,15 @@ mod tests {
 
     #[tokio::test]
     async fn permanent_stops_and_budget_bounds() {
-        let r: Result<(), (String, u32)> = retry(fast(1000), "t", || async { Err(Attempt::Permanent("no".to_string())) }).await;
+        let r: Result<(), (String, u32)> = retry(fast(1000), "t", || async {
+            Err(Attempt::Permanent("no".to_string()))
+        })
+        .await;
         assert_eq!(r.unwrap_err().1, 1);
-        let r: Result<(), (String, u32)> = retry(fast(30), "t", || async { Err(Attempt::Transient("down".to_string())) }).await;
+        let r: Result<(), (String, u32)> = retry(fast(30), "t", || async {
+            Err(Attempt::Transient("down".to_string()))
+        })
+        .await;
         let (_, attempts) = r.unwrap_err();
         assert!(attempts > 1 && attempts < 100, "attempts={attempts}");
     }

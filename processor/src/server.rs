@@ -25,15 +25,25 @@ use tokio_util::sync::CancellationToken;
 struct Readiness(Arc<AtomicBool>);
 
 /// Run the processor until a termination signal (or `shutdown` is cancelled).
-pub async fn run(cfg: Config, metrics: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let kafka = KafkaConfig { brokers: cfg.kafka_brokers.clone(), options: cfg.kafka_options.clone() };
+pub async fn run(
+    cfg: Config,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let kafka = KafkaConfig {
+        brokers: cfg.kafka_brokers.clone(),
+        options: cfg.kafka_options.clone(),
+    };
     let photo_keys = KeyPattern::parse(&cfg.photo_key_pattern)?;
     let thumb_keys = KeyPattern::parse(&cfg.thumb_key_pattern)?;
     let producer = EventProducer::new(&kafka)?;
     let ready = Readiness::default();
 
     let mut app = Router::new()
-        .route("/metrics", get(move || std::future::ready(metrics.render())))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(ready.clone());
@@ -55,13 +65,23 @@ pub async fn run(cfg: Config, metrics: PrometheusHandle, shutdown: CancellationT
     tracing::info!(addr = %listener.local_addr()?, stages = ?cfg.stages, "processor HTTP listening");
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
     });
 
     if cfg.create_topics {
-        let topics = [&cfg.topic_uploaded, &cfg.topic_thumbnailed, &cfg.topic_embedded, &cfg.topic_dlq].map(|s| s.as_str());
+        let topics = [
+            &cfg.topic_uploaded,
+            &cfg.topic_thumbnailed,
+            &cfg.topic_embedded,
+            &cfg.topic_dlq,
+        ]
+        .map(|s| s.as_str());
         let mut delay = Duration::from_millis(250);
-        while let Err(e) = ensure_topics(&kafka, &topics, cfg.topic_partitions, cfg.topic_replication).await {
+        while let Err(e) =
+            ensure_topics(&kafka, &topics, cfg.topic_partitions, cfg.topic_replication).await
+        {
             tracing::warn!(%e, "Kafka not ready; retrying topic creation");
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -136,7 +156,8 @@ async fn readyz(State(ready): State<Readiness>) -> (StatusCode, &'static str) {
 /// Cancel `token` on SIGTERM or SIGINT.
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),

@@ -35,40 +35,69 @@ pub fn s3_client(cfg: &StorageConfig) -> aws_sdk_s3::Client {
         .behavior_version_latest()
         .endpoint_url(&cfg.endpoint)
         .region(Region::new(cfg.region.clone()))
-        .credentials_provider(Credentials::new(&cfg.access_key, &cfg.secret_key, None, None, "photo-pipeline"))
+        .credentials_provider(Credentials::new(
+            &cfg.access_key,
+            &cfg.secret_key,
+            None,
+            None,
+            "photo-pipeline",
+        ))
         .force_path_style(true)
         .timeout_config(timeouts)
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
 
-fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(e: SdkError<E, R>) -> Attempt<String> {
-    let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("").to_string();
+fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    e: SdkError<E, R>,
+) -> Attempt<String> {
+    let code = e
+        .as_service_error()
+        .and_then(|s| s.code())
+        .unwrap_or("")
+        .to_string();
     let text = match e.as_service_error() {
         Some(s) => format!("{}: {}", code, s.message().unwrap_or("")),
         None => format!("{e:?}").chars().take(300).collect(),
     };
     match code.as_str() {
-        "NoSuchKey" | "NoSuchBucket" | "NotFound" => Attempt::Permanent(format!("not found: {text}")),
+        "NoSuchKey" | "NoSuchBucket" | "NotFound" => {
+            Attempt::Permanent(format!("not found: {text}"))
+        }
         _ => Attempt::Transient(text),
     }
 }
 
 impl ObjectStore {
     pub fn new(cfg: &StorageConfig, retry: RetryPolicy, max_object_bytes: u64) -> Self {
-        Self { client: s3_client(cfg), retry, max_object_bytes }
+        Self {
+            client: s3_client(cfg),
+            retry,
+            max_object_bytes,
+        }
     }
 
     /// Download an object whole, refusing objects above the size limit before reading them.
     pub async fn get(&self, bucket: &str, key: &str) -> Result<Vec<u8>, Failure> {
         let max = self.max_object_bytes;
         let result = retry(self.retry, "s3_get", || async move {
-            let resp = self.client.get_object().bucket(bucket).key(key).send().await.map_err(classify)?;
+            let resp = self
+                .client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(classify)?;
             let len = resp.content_length().unwrap_or(0).max(0) as u64;
             if len > max {
                 return Err(Attempt::Permanent(format!("too_large:{len}")));
             }
-            let body = resp.body.collect().await.map_err(|e| Attempt::Transient(format!("reading body: {e}")))?;
+            let body = resp
+                .body
+                .collect()
+                .await
+                .map_err(|e| Attempt::Transient(format!("reading body: {e}")))?;
             Ok(body.into_bytes().to_vec())
         })
         .await;
@@ -79,15 +108,27 @@ impl ObjectStore {
                     detail: format!("object is {len} bytes, above the limit of {max}"),
                 }
             } else if e.starts_with("not found") {
-                Failure { reason: FailureReason::NotFound, detail: format!("{bucket}/{key}: {e}") }
+                Failure {
+                    reason: FailureReason::NotFound,
+                    detail: format!("{bucket}/{key}: {e}"),
+                }
             } else {
-                Failure { reason: FailureReason::StorageError, detail: format!("GET {bucket}/{key} failed after {attempts} attempts: {e}") }
+                Failure {
+                    reason: FailureReason::StorageError,
+                    detail: format!("GET {bucket}/{key} failed after {attempts} attempts: {e}"),
+                }
             }
         })
     }
 
     /// Upload an object (idempotent: the same key is overwritten with the same bytes on redelivery).
-    pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), Failure> {
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), Failure> {
         let body = bytes::Bytes::from(body);
         retry(self.retry, "s3_put", || {
             let body = body.clone();

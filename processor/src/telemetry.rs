@@ -16,21 +16,50 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
-            &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ],
         )?
         .install_recorder()?;
-    metrics::describe_histogram!("thumbnail_step_seconds", metrics::Unit::Seconds, "Time per thumbnail step");
-    metrics::describe_histogram!("thumbnail_photo_seconds", metrics::Unit::Seconds, "Upload event to ThumbnailDone");
+    metrics::describe_histogram!(
+        "thumbnail_step_seconds",
+        metrics::Unit::Seconds,
+        "Time per thumbnail step"
+    );
+    metrics::describe_histogram!(
+        "thumbnail_photo_seconds",
+        metrics::Unit::Seconds,
+        "Upload event to ThumbnailDone"
+    );
     metrics::describe_gauge!("photos_in_flight", "Photos being processed now");
-    metrics::describe_counter!("photos_processed_total", "Photos finished by a stage, by status");
+    metrics::describe_counter!(
+        "photos_processed_total",
+        "Photos finished by a stage, by status"
+    );
     metrics::describe_counter!("photos_failed_total", "Photos failed by a stage, by reason");
-    metrics::describe_gauge!("kafka_consumer_lag", "Records behind the partition end, per partition");
+    metrics::describe_gauge!(
+        "kafka_consumer_lag",
+        "Records behind the partition end, per partition"
+    );
     metrics::describe_counter!("webhook_requests_total", "B2 webhook requests by outcome");
-    metrics::describe_counter!("webhook_events_rejected_total", "B2 events refused (key outside the photo pattern, missing fields)");
-    metrics::describe_counter!("photos_uploaded_total", "Photos accepted by the upload stage");
+    metrics::describe_counter!(
+        "webhook_events_rejected_total",
+        "B2 events refused (key outside the photo pattern, missing fields)"
+    );
+    metrics::describe_counter!(
+        "photos_uploaded_total",
+        "Photos accepted by the upload stage"
+    );
     metrics::describe_counter!("retries_total", "Retried operations, by operation");
-    metrics::describe_counter!("duplicates_skipped_total", "Redelivered photos acknowledged without redoing the work");
-    metrics::describe_counter!("records_malformed_total", "Records that are not our event schema, skipped");
+    metrics::describe_counter!(
+        "duplicates_skipped_total",
+        "Redelivered photos acknowledged without redoing the work"
+    );
+    metrics::describe_counter!(
+        "records_malformed_total",
+        "Records that are not our event schema, skipped"
+    );
     Ok(handle)
 }
 
@@ -38,7 +67,9 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {

@@ -20,7 +20,11 @@ fn png_header_only(w: u32, h: u32) -> Vec<u8> {
         for &b in data {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -53,10 +57,18 @@ async fn uploads_become_thumbnails_with_events() {
         ("PNG_dune_photo_1680x1050.png", (400, 250)),
     ];
     for (name, _) in &cases {
-        stack.upload(&format!("users/u1/photos/{name}"), photo(name)).await;
+        stack
+            .upload(&format!("users/u1/photos/{name}"), photo(name))
+            .await;
     }
-    let done = stack.wait_for_photos(&stack.topics.thumbnailed, cases.len(), TIMEOUT).await;
-    assert_eq!(done.len(), cases.len(), "one ThumbnailDone per photo: {done:#?}");
+    let done = stack
+        .wait_for_photos(&stack.topics.thumbnailed, cases.len(), TIMEOUT)
+        .await;
+    assert_eq!(
+        done.len(),
+        cases.len(),
+        "one ThumbnailDone per photo: {done:#?}"
+    );
     for event in &done {
         assert_matches_schema(schemas::json_schema::THUMBNAIL_DONE, event);
         assert_eq!(event["status"], "ok", "{event}");
@@ -64,12 +76,27 @@ async fn uploads_become_thumbnails_with_events() {
     }
     for (name, (w, h)) in cases {
         let key = format!("users/u1/thumbs/{name}.jpg");
-        let event = done.iter().find(|e| e["source_key"] == format!("users/u1/photos/{name}")).expect("event for photo");
+        let event = done
+            .iter()
+            .find(|e| e["source_key"] == format!("users/u1/photos/{name}"))
+            .expect("event for photo");
         assert_eq!(event["thumbnail"]["key"], key);
-        let thumb = stack.get_object(&key).await.unwrap_or_else(|| panic!("{key} missing"));
+        let thumb = stack
+            .get_object(&key)
+            .await
+            .unwrap_or_else(|| panic!("{key} missing"));
         let dims = jpeg_dims(&thumb);
-        assert!(dims.0.abs_diff(w) <= 1 && dims.1.abs_diff(h) <= 1, "{name}: got {dims:?}, want ({w}, {h})");
-        assert_eq!((event["thumbnail"]["width"].as_u64().unwrap() as u32, event["thumbnail"]["height"].as_u64().unwrap() as u32), dims);
+        assert!(
+            dims.0.abs_diff(w) <= 1 && dims.1.abs_diff(h) <= 1,
+            "{name}: got {dims:?}, want ({w}, {h})"
+        );
+        assert_eq!(
+            (
+                event["thumbnail"]["width"].as_u64().unwrap() as u32,
+                event["thumbnail"]["height"].as_u64().unwrap() as u32
+            ),
+            dims
+        );
     }
     // Every upload event validates too, and the DB hook was told once per photo.
     let uploaded = stack.read_topic(&stack.topics.uploaded);
@@ -79,9 +106,20 @@ async fn uploads_become_thumbnails_with_events() {
     }
     assert_eq!(stack.hook.distinct_keys(), cases.len());
     // Prometheus exposition carries the stage metrics.
-    let metrics = reqwest::get(stack.metrics_url()).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("thumbnail_step_seconds_bucket{step=\"decode\""), "{metrics}");
-    assert!(metrics.contains("photos_processed_total{stage=\"thumbnail\",status=\"ok\"} 6"), "{metrics}");
+    let metrics = reqwest::get(stack.metrics_url())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("thumbnail_step_seconds_bucket{step=\"decode\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("photos_processed_total{stage=\"thumbnail\",status=\"ok\"} 6"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,10 +139,19 @@ async fn forged_or_missing_signature_is_refused_and_nothing_enqueued() {
     let mut tampered = body.clone();
     let pos = tampered.windows(2).position(|w| w == b"u1").unwrap();
     tampered[pos + 1] = b'2';
-    let r = http.post(stack.webhook_url()).header("x-bz-event-notification-signature", &good_sig).body(tampered).send().await.unwrap();
+    let r = http
+        .post(stack.webhook_url())
+        .header("x-bz-event-notification-signature", &good_sig)
+        .body(tampered)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(stack.read_topic(&stack.topics.uploaded).is_empty(), "nothing may reach Kafka");
+    assert!(
+        stack.read_topic(&stack.topics.uploaded).is_empty(),
+        "nothing may reach Kafka"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,9 +162,23 @@ async fn duplicate_webhook_delivery_yields_one_photo() {
     // once by the emulation), then deliver the same B2 event ourselves twice more.
     let http = reqwest::Client::new();
     let (body, sig) = signed_event(BUCKET, key, "ver-1", "evt-dup-1");
-    stack.s3_client().put_object().bucket(BUCKET).key(key).body(photo("S_dune_1680x1050.jpg").into()).send().await.unwrap();
+    stack
+        .s3_client()
+        .put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(photo("S_dune_1680x1050.jpg").into())
+        .send()
+        .await
+        .unwrap();
     for _ in 0..2 {
-        let r = http.post(stack.webhook_url()).header("x-bz-event-notification-signature", &sig).body(body.clone()).send().await.unwrap();
+        let r = http
+            .post(stack.webhook_url())
+            .header("x-bz-event-notification-signature", &sig)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     let r: serde_json::Value = http
@@ -132,14 +193,30 @@ async fn duplicate_webhook_delivery_yields_one_photo() {
         .unwrap();
     assert_eq!(r["duplicates"], 1, "{r}");
     // The emulation's own notification (new version id) is a second, distinct photo version.
-    let done = stack.wait_for_photos(&stack.topics.thumbnailed, 2, TIMEOUT).await;
+    let done = stack
+        .wait_for_photos(&stack.topics.thumbnailed, 2, TIMEOUT)
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let uploaded = stack.read_topic(&stack.topics.uploaded);
-    let ours: Vec<_> = uploaded.iter().filter(|e| e["event_id"] == "evt-dup-1").collect();
-    assert_eq!(ours.len(), 1, "the duplicated event id is enqueued once: {uploaded:#?}");
+    let ours: Vec<_> = uploaded
+        .iter()
+        .filter(|e| e["event_id"] == "evt-dup-1")
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "the duplicated event id is enqueued once: {uploaded:#?}"
+    );
     let done_again = stack.read_topic(&stack.topics.thumbnailed);
     let photo_id = ours[0]["photo_id"].as_str().unwrap();
-    assert_eq!(done_again.iter().filter(|e| e["photo_id"] == photo_id).count(), 1, "{done:#?}");
+    assert_eq!(
+        done_again
+            .iter()
+            .filter(|e| e["photo_id"] == photo_id)
+            .count(),
+        1,
+        "{done:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,30 +226,60 @@ async fn bad_images_fail_with_reasons_and_go_to_the_dlq() {
     let bomb_png = png_header_only(50_000, 50_000);
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
         ("zero.jpg", vec![], &["empty_object"]),
-        ("random.jpg", (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(), &["not_an_image"]),
-        ("truncated.jpg", good[..good.len() / 3].to_vec(), &["corrupt_image"]),
+        (
+            "random.jpg",
+            (0..5000u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+            &["not_an_image"],
+        ),
+        (
+            "truncated.jpg",
+            good[..good.len() / 3].to_vec(),
+            &["corrupt_image"],
+        ),
         ("bomb.png", bomb_png, &["too_many_pixels"]),
         // 17.9 MP real photo, above this processor's 15 MP limit
-        ("big.jpg", photo("XL_elephants_5640x3172.jpg"), &["too_many_pixels"]),
-        ("phone.heic", std::fs::read(corpus().join("compat/ladybird.heic")).unwrap(), &["unsupported_format"]),
+        (
+            "big.jpg",
+            photo("XL_elephants_5640x3172.jpg"),
+            &["too_many_pixels"],
+        ),
+        (
+            "phone.heic",
+            std::fs::read(corpus().join("compat/ladybird.heic")).unwrap(),
+            &["unsupported_format"],
+        ),
         ("ok.jpg", good.clone(), &[]),
     ];
     for (name, body, _) in &cases {
-        stack.upload(&format!("users/u3/photos/{name}"), body.clone()).await;
+        stack
+            .upload(&format!("users/u3/photos/{name}"), body.clone())
+            .await;
     }
-    let done = stack.wait_for_photos(&stack.topics.thumbnailed, cases.len(), TIMEOUT).await;
+    let done = stack
+        .wait_for_photos(&stack.topics.thumbnailed, cases.len(), TIMEOUT)
+        .await;
     for (name, _, reasons) in &cases {
-        let e = done.iter().find(|e| e["source_key"] == format!("users/u3/photos/{name}")).unwrap();
+        let e = done
+            .iter()
+            .find(|e| e["source_key"] == format!("users/u3/photos/{name}"))
+            .unwrap();
         assert_matches_schema(schemas::json_schema::THUMBNAIL_DONE, e);
         if reasons.is_empty() {
             assert_eq!(e["status"], "ok", "{name}: {e}");
         } else {
             assert_eq!(e["status"], "failed", "{name}: {e}");
             let reason = e["failure"]["reason"].as_str().unwrap();
-            assert!(reasons.contains(&reason), "{name}: reason {reason}, want {reasons:?}");
+            assert!(
+                reasons.contains(&reason),
+                "{name}: reason {reason}, want {reasons:?}"
+            );
         }
     }
-    let dlq = stack.wait_for_photos(&stack.topics.dlq, cases.len() - 1, TIMEOUT).await;
+    let dlq = stack
+        .wait_for_photos(&stack.topics.dlq, cases.len() - 1, TIMEOUT)
+        .await;
     assert_eq!(dlq.len(), cases.len() - 1);
     for d in &dlq {
         assert_matches_schema(schemas::json_schema::DEAD_LETTER, d);
@@ -183,11 +290,21 @@ async fn bad_images_fail_with_reasons_and_go_to_the_dlq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processor_crash_mid_batch_loses_nothing() {
     let mut stack = stack_with(vec![("MAX_IN_FLIGHT", "4"), ("CPU_WORKERS", "1")]).await;
-    let names = ["P12_dragonfly_o1_4032x3024.jpg", "P12_kleiber_o1_4032x3024.jpg", "M_kite_2560x1600.jpg", "S_storm_1920x1280.jpg"];
+    let names = [
+        "P12_dragonfly_o1_4032x3024.jpg",
+        "P12_kleiber_o1_4032x3024.jpg",
+        "M_kite_2560x1600.jpg",
+        "S_storm_1920x1280.jpg",
+    ];
     let n = 40;
     for i in 0..n {
         let name = names[i % names.len()];
-        stack.upload(&format!("users/u{}/photos/{i:02}-{name}", i % 3), photo(name)).await;
+        stack
+            .upload(
+                &format!("users/u{}/photos/{i:02}-{name}", i % 3),
+                photo(name),
+            )
+            .await;
     }
     // Let some, but not all, finish (watching the processor's own counter, which is quicker to
     // read than the topic); then crash hard.
@@ -195,7 +312,10 @@ async fn processor_crash_mid_batch_loses_nothing() {
     loop {
         let k = stack.processed_count().await;
         if k >= 3 {
-            assert!(k < n as u64, "crash came too late to test anything ({k} of {n} done)");
+            assert!(
+                k < n as u64,
+                "crash came too late to test anything ({k} of {n} done)"
+            );
             break;
         }
         assert!(start.elapsed() < TIMEOUT, "no progress before the crash");
@@ -203,25 +323,38 @@ async fn processor_crash_mid_batch_loses_nothing() {
     }
     stack.kill_processor();
     stack.start_processor().await;
-    let done = stack.wait_for_photos(&stack.topics.thumbnailed, n, TIMEOUT).await;
+    let done = stack
+        .wait_for_photos(&stack.topics.thumbnailed, n, TIMEOUT)
+        .await;
     assert_eq!(distinct_photos(&done), n);
     assert!(done.iter().all(|e| e["status"] == "ok"));
     for i in 0..n {
         let name = names[i % names.len()];
         let key = format!("users/u{}/thumbs/{i:02}-{name}.jpg", i % 3);
-        assert!(stack.get_object(&key).await.is_some(), "{key} missing after the crash");
+        assert!(
+            stack.get_object(&key).await.is_some(),
+            "{key} missing after the crash"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_cleanly_and_commits() {
     let mut stack = stack().await;
-    stack.upload("users/u4/photos/a.jpg", photo("S_dune_1680x1050.jpg")).await;
-    stack.wait_for_photos(&stack.topics.thumbnailed, 1, TIMEOUT).await;
+    stack
+        .upload("users/u4/photos/a.jpg", photo("S_dune_1680x1050.jpg"))
+        .await;
+    stack
+        .wait_for_photos(&stack.topics.thumbnailed, 1, TIMEOUT)
+        .await;
     let status = stack.stop_processor();
     assert!(status.success(), "processor exited with {status}");
     // A restart must not redo the committed photo.
     stack.start_processor().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(stack.read_topic(&stack.topics.thumbnailed).len(), 1, "committed photo was processed again");
+    assert_eq!(
+        stack.read_topic(&stack.topics.thumbnailed).len(),
+        1,
+        "committed photo was processed again"
+    );
 }

@@ -42,7 +42,10 @@ fn thumb_failed() -> ThumbnailDone {
         status: StageStatus::Failed,
         thumbnail: None,
         source: None,
-        failure: Some(Failure { reason: FailureReason::CorruptImage, detail: "truncated".into() }),
+        failure: Some(Failure {
+            reason: FailureReason::CorruptImage,
+            detail: "truncated".into(),
+        }),
         timings: ThumbnailTimings::default(),
         uploaded_at_ms: 1,
         finished_at_ms: 3,
@@ -62,7 +65,12 @@ fn all_event_shapes_validate() {
         height: 300,
         size_bytes: 20_000,
     });
-    ok.source = Some(SourceImage { format: "jpeg".into(), width: 4000, height: 3000, orientation: 6 });
+    ok.source = Some(SourceImage {
+        format: "jpeg".into(),
+        width: 4000,
+        height: 3000,
+        orientation: 6,
+    });
     assert_valid(json_schema::THUMBNAIL_DONE, &ok);
     assert_valid(json_schema::THUMBNAIL_DONE, &thumb_failed());
     let emb = EmbeddingDone {
@@ -87,7 +95,10 @@ fn all_event_shapes_validate() {
         stage: "thumbnail".into(),
         photo_id: uploaded().photo_id,
         user_id: "u1".into(),
-        failure: Failure { reason: FailureReason::TooManyPixels, detail: "50000x50000".into() },
+        failure: Failure {
+            reason: FailureReason::TooManyPixels,
+            detail: "50000x50000".into(),
+        },
         original: uploaded(),
         failed_at_ms: 5,
     };

@@ -32,8 +32,13 @@ impl IntoResponse for AuthError {
             Self::Missing | Self::Invalid => StatusCode::UNAUTHORIZED,
             Self::WrongUser => StatusCode::FORBIDDEN,
         };
-        metrics::counter!("auth_refused_total", "status" => status.as_u16().to_string()).increment(1);
-        (status, axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        metrics::counter!("auth_refused_total", "status" => status.as_u16().to_string())
+            .increment(1);
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 
@@ -45,32 +50,50 @@ pub struct TokenSigner {
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl TokenSigner {
     /// Refuses an empty secret.
     pub fn new(secret: &[u8]) -> anyhow::Result<Self> {
         anyhow::ensure!(!secret.is_empty(), "the token secret must not be empty");
-        Ok(Self { encoding: EncodingKey::from_secret(secret)?, decoding: DecodingKey::from_secret(secret)? })
+        Ok(Self {
+            encoding: EncodingKey::from_secret(secret)?,
+            decoding: DecodingKey::from_secret(secret)?,
+        })
     }
 
     /// A token for `user_id`, valid for `ttl_secs`.
     pub fn mint(&self, user_id: &str, ttl_secs: u64) -> String {
         let iat = now_secs();
-        let claims = Claims { sub: user_id.to_string(), exp: iat + ttl_secs, iat };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).expect("HS256 encoding cannot fail")
+        let claims = Claims {
+            sub: user_id.to_string(),
+            exp: iat + ttl_secs,
+            iat,
+        };
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 encoding cannot fail")
     }
 
     /// The user a token names, if it is valid and unexpired.
     pub fn verify(&self, token: &str) -> Result<String, AuthError> {
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = 5;
-        decode::<Claims>(token, &self.decoding, &v).map(|d| d.claims.sub).map_err(|_| AuthError::Invalid)
+        decode::<Claims>(token, &self.decoding, &v)
+            .map(|d| d.claims.sub)
+            .map_err(|_| AuthError::Invalid)
     }
 
     /// Check that the request carries a valid token for `user_id`.
-    pub fn authorize(&self, headers: &HeaderMap, query_token: Option<&str>, user_id: &str) -> Result<(), AuthError> {
+    pub fn authorize(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+        user_id: &str,
+    ) -> Result<(), AuthError> {
         let bearer = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -94,20 +117,30 @@ mod tests {
         let s = TokenSigner::new(b"secret").unwrap();
         let t = s.mint("u1", 60);
         assert_eq!(s.verify(&t).unwrap(), "u1");
-        assert_eq!(TokenSigner::new(b"other").unwrap().verify(&t), Err(AuthError::Invalid));
+        assert_eq!(
+            TokenSigner::new(b"other").unwrap().verify(&t),
+            Err(AuthError::Invalid)
+        );
         assert_eq!(s.verify("not.a.token"), Err(AuthError::Invalid));
         let mut h = HeaderMap::new();
         h.insert("authorization", format!("Bearer {t}").parse().unwrap());
         assert_eq!(s.authorize(&h, None, "u1"), Ok(()));
         assert_eq!(s.authorize(&h, None, "u2"), Err(AuthError::WrongUser));
         assert_eq!(s.authorize(&HeaderMap::new(), Some(&t), "u1"), Ok(()));
-        assert_eq!(s.authorize(&HeaderMap::new(), None, "u1"), Err(AuthError::Missing));
+        assert_eq!(
+            s.authorize(&HeaderMap::new(), None, "u1"),
+            Err(AuthError::Missing)
+        );
     }
 
     #[test]
     fn expired_tokens_are_refused() {
         let s = TokenSigner::new(b"secret").unwrap();
-        let claims = Claims { sub: "u1".into(), exp: now_secs() - 60, iat: now_secs() - 120 };
+        let claims = Claims {
+            sub: "u1".into(),
+            exp: now_secs() - 60,
+            iat: now_secs() - 120,
+        };
         let t = encode(&Header::new(Algorithm::HS256), &claims, &s.encoding).unwrap();
         assert_eq!(s.verify(&t), Err(AuthError::Invalid));
     }

@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 
 /// Command line.
 #[derive(Debug, Parser)]
-#[command(name = "status-api", version, about = "photo-pipeline status: per-user progress over Server-Sent Events")]
+#[command(
+    name = "status-api",
+    version,
+    about = "photo-pipeline status: per-user progress over Server-Sent Events"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -51,11 +55,20 @@ pub struct Config {
     pub topic_embedded: String,
 
     /// Secret that signs user tokens (HS256). Must be the same on every replica.
-    #[arg(long, env = "STATUS_TOKEN_SECRET", default_value = "local-token-secret", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "STATUS_TOKEN_SECRET",
+        default_value = "local-token-secret",
+        hide_env_values = true
+    )]
     pub token_secret: String,
 
     /// Browser origin allowed by CORS (the app's origin).
-    #[arg(long, env = "STATUS_ALLOWED_ORIGIN", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "STATUS_ALLOWED_ORIGIN",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub allowed_origin: String,
 
     /// Whether the deployment runs the embed stage: if not, a batch is done after thumbnails.

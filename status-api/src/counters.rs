@@ -70,7 +70,7 @@ pub struct Expect {
 }
 
 /// One user's progress.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct UserCounters {
     photos: HashMap<u128, u8>,
     batch: Counts,
@@ -113,16 +113,13 @@ fn photo_key(photo_id: &str) -> u128 {
     })
 }
 
-impl Default for UserCounters {
-    fn default() -> Self {
-        Self { photos: HashMap::new(), batch: Counts::default(), sealed: Counts::default(), first_event_ms: 0, last_event_ms: 0, seq: 0 }
-    }
-}
-
 impl UserCounters {
     /// Start a new batch if the current one is complete and `at_ms` is `gap_ms` past it.
     fn maybe_seal(&mut self, at_ms: i64, gap_ms: i64, expect: Expect) {
-        if self.batch.uploaded > 0 && self.phase(expect) == Phase::Done && at_ms - self.last_event_ms > gap_ms {
+        if self.batch.uploaded > 0
+            && self.phase(expect) == Phase::Done
+            && at_ms - self.last_event_ms > gap_ms
+        {
             self.sealed.add(&self.batch);
             self.batch = Counts::default();
             self.photos = HashMap::new();
@@ -238,7 +235,11 @@ impl UserCounters {
             embeddings: b.embeddings,
             faces: b.faces,
             thumbnails_pending: b.uploaded.saturating_sub(b.thumbnails.done()),
-            embeddings_pending: if expect.embeddings { b.thumbnails.ok.saturating_sub(b.embeddings.done()) } else { 0 },
+            embeddings_pending: if expect.embeddings {
+                b.thumbnails.ok.saturating_sub(b.embeddings.done())
+            } else {
+                0
+            },
             lifetime,
             first_event_ms: self.first_event_ms,
             last_event_ms: self.last_event_ms,
@@ -282,7 +283,11 @@ mod tests {
             user_id: "u".into(),
             bucket: "b".into(),
             source_key: format!("k{id}"),
-            status: if ok { StageStatus::Ok } else { StageStatus::Failed },
+            status: if ok {
+                StageStatus::Ok
+            } else {
+                StageStatus::Failed
+            },
             thumbnail: None,
             source: None,
             failure: None,
@@ -299,7 +304,15 @@ mod tests {
             user_id: "u".into(),
             status: StageStatus::Ok,
             profile: "p".into(),
-            faces: vec![Face { bbox: [0.0; 4], score: 1.0, landmarks: vec![], embedding: vec![1.0] }; faces],
+            faces: vec![
+                Face {
+                    bbox: [0.0; 4],
+                    score: 1.0,
+                    landmarks: vec![],
+                    embedding: vec![1.0]
+                };
+                faces
+            ],
             failure: None,
             uploaded_at_ms: at,
             finished_at_ms: at,
@@ -321,8 +334,15 @@ mod tests {
             u.apply_thumbnail(&thumb(2, false, 21));
         }
         let s = u.snapshot("u", EXPECT);
-        assert_eq!((s.uploaded, s.thumbnails.ok, s.thumbnails.failed), (2, 1, 1));
-        assert_eq!(s.phase, Phase::Indexing, "one ok thumbnail still needs its embedding");
+        assert_eq!(
+            (s.uploaded, s.thumbnails.ok, s.thumbnails.failed),
+            (2, 1, 1)
+        );
+        assert_eq!(
+            s.phase,
+            Phase::Indexing,
+            "one ok thumbnail still needs its embedding"
+        );
         for _ in 0..2 {
             u.apply_embedding(&emb(1, 3, 30));
         }
@@ -341,7 +361,10 @@ mod tests {
         u.apply_thumbnail(&thumb(7, true, 50)); // re-driven from the DLQ, now ok
         u.apply_thumbnail(&thumb(7, false, 60)); // a stale failure never wins over ok
         let s = u.snapshot("u", Expect { embeddings: false });
-        assert_eq!((s.thumbnails.ok, s.thumbnails.failed, s.phase), (1, 0, Phase::Done));
+        assert_eq!(
+            (s.thumbnails.ok, s.thumbnails.failed, s.phase),
+            (1, 0, Phase::Done)
+        );
     }
 
     #[test]
@@ -352,7 +375,10 @@ mod tests {
         u.apply_thumbnail(&thumb(1, true, 2_000));
         u.apply_uploaded(&up(2, 200_000), 60_000, e); // next batch, 3 minutes later
         let s = u.snapshot("u", e);
-        assert_eq!((s.uploaded, s.thumbnails.ok, s.phase), (1, 0, Phase::Processing));
+        assert_eq!(
+            (s.uploaded, s.thumbnails.ok, s.phase),
+            (1, 0, Phase::Processing)
+        );
         assert_eq!((s.lifetime.uploaded, s.lifetime.thumbnails.ok), (2, 1));
         assert_eq!(u.photos.len(), 1, "the sealed batch's ids are dropped");
     }

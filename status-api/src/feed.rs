@@ -56,7 +56,12 @@ fn parse(kind: Kind, payload: &[u8]) -> Result<StageEvent, serde_json::Error> {
 }
 
 /// Consume until `shutdown`; sets `ready` once the initial replay has caught up.
-pub async fn run(cfg: FeedConfig, store: Arc<StatusStore>, ready: Arc<AtomicBool>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: FeedConfig,
+    store: Arc<StatusStore>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &cfg.brokers)
         .set("group.id", format!("status-api-{:016x}", rand_id()))
@@ -65,7 +70,9 @@ pub async fn run(cfg: FeedConfig, store: Arc<StatusStore>, ready: Arc<AtomicBool
         .set("statistics.interval.ms", "5000")
         .set("fetch.max.bytes", "52428800");
     for opt in cfg.kafka_options.iter().filter(|o| !o.trim().is_empty()) {
-        let (k, v) = opt.split_once('=').ok_or_else(|| anyhow::anyhow!("Kafka option {opt:?} is not key=value"))?;
+        let (k, v) = opt
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("Kafka option {opt:?} is not key=value"))?;
         cc.set(k.trim(), v.trim());
     }
     let consumer: Arc<StreamConsumer<FeedContext>> = Arc::new(cc.create_with_context(FeedContext)?);
@@ -94,12 +101,21 @@ pub async fn run(cfg: FeedConfig, store: Arc<StatusStore>, ready: Arc<AtomicBool
         }
     };
     consumer.assign(&tpl)?;
-    tracing::info!(partitions = tpl.count(), to_replay = remaining.len(), "replaying stage topics");
+    tracing::info!(
+        partitions = tpl.count(),
+        to_replay = remaining.len(),
+        "replaying stage topics"
+    );
     let mark_ready = |remaining: &HashMap<(String, i32), i64>| {
         if remaining.is_empty() && !ready.load(Ordering::SeqCst) {
             let secs = start.elapsed().as_secs_f64();
             metrics::gauge!("replay_duration_seconds").set(secs);
-            tracing::info!(events = store.events_applied.load(Ordering::Relaxed), users = store.users(), secs, "replay caught up; ready");
+            tracing::info!(
+                events = store.events_applied.load(Ordering::Relaxed),
+                users = store.users(),
+                secs,
+                "replay caught up; ready"
+            );
             ready.store(true, Ordering::SeqCst);
         }
     };
@@ -117,20 +133,27 @@ pub async fn run(cfg: FeedConfig, store: Arc<StatusStore>, ready: Arc<AtomicBool
                 continue;
             }
         };
-        let Some(&kind) = kinds.get(m.topic()) else { continue };
+        let Some(&kind) = kinds.get(m.topic()) else {
+            continue;
+        };
         match m.payload().map(|p| parse(kind, p)) {
             Some(Ok(event)) => {
                 store.apply(&event);
-                metrics::counter!("events_consumed_total", "topic" => m.topic().to_string()).increment(1);
+                metrics::counter!("events_consumed_total", "topic" => m.topic().to_string())
+                    .increment(1);
             }
             other => {
                 tracing::error!(topic = m.topic(), offset = m.offset(), error = ?other.map(|r| r.err()), "skipping malformed record");
-                metrics::counter!("records_malformed_total", "topic" => m.topic().to_string()).increment(1);
+                metrics::counter!("records_malformed_total", "topic" => m.topic().to_string())
+                    .increment(1);
             }
         }
         if !remaining.is_empty() {
             let key = (m.topic().to_string(), m.partition());
-            if remaining.get(&key).is_some_and(|&end| m.offset() + 1 >= end) {
+            if remaining
+                .get(&key)
+                .is_some_and(|&end| m.offset() + 1 >= end)
+            {
                 remaining.remove(&key);
                 mark_ready(&remaining);
             }
@@ -141,12 +164,18 @@ pub async fn run(cfg: FeedConfig, store: Arc<StatusStore>, ready: Arc<AtomicBool
 type Ends = HashMap<(String, i32), i64>;
 
 /// All partitions of `topics` at their beginning, and the end offset of each non-empty one.
-fn partitions_and_ends(consumer: &StreamConsumer<FeedContext>, topics: &[String]) -> anyhow::Result<(TopicPartitionList, Ends)> {
+fn partitions_and_ends(
+    consumer: &StreamConsumer<FeedContext>,
+    topics: &[String],
+) -> anyhow::Result<(TopicPartitionList, Ends)> {
     let mut tpl = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for topic in topics {
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        let t = md.topics().first().ok_or_else(|| anyhow::anyhow!("no metadata for {topic}"))?;
+        let t = md
+            .topics()
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no metadata for {topic}"))?;
         if t.error().is_some() || t.partitions().is_empty() {
             anyhow::bail!("topic {topic} does not exist yet");
         }
@@ -162,6 +191,9 @@ fn partitions_and_ends(consumer: &StreamConsumer<FeedContext>, topics: &[String]
 }
 
 fn rand_id() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
     t ^ ((std::process::id() as u64) << 32)
 }

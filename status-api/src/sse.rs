@@ -33,7 +33,12 @@ pub struct TokenQuery {
 }
 
 /// `GET /v1/users/{user_id}/status`
-pub async fn status(State(app): State<AppState>, Path(user_id): Path<String>, Query(q): Query<TokenQuery>, headers: HeaderMap) -> Response {
+pub async fn status(
+    State(app): State<AppState>,
+    Path(user_id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(e) = app.tokens.authorize(&headers, q.token.as_deref(), &user_id) {
         return e.into_response();
     }
@@ -77,16 +82,34 @@ fn to_event(p: &Published) -> Event {
 /// `GET /v1/users/{user_id}/events`: the current snapshot at once (unless `Last-Event-ID`
 /// shows the client already has it), then one event per change, at most `max_rate` a second;
 /// changes in between are coalesced into the next event, which always carries full state.
-pub async fn events(State(app): State<AppState>, Path(user_id): Path<String>, Query(q): Query<TokenQuery>, headers: HeaderMap) -> Response {
+pub async fn events(
+    State(app): State<AppState>,
+    Path(user_id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(e) = app.tokens.authorize(&headers, q.token.as_deref(), &user_id) {
         return e.into_response();
     }
-    let last_seen: Option<u64> = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+    let last_seen: Option<u64> = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
     let mut rx = app.store.subscribe(&user_id);
     let current = rx.borrow_and_update().clone();
     let first = (last_seen != Some(current.snapshot.seq)).then_some(current);
-    let state = StreamState { rx, first, retry: app.retry, min_interval: app.min_interval, sent_any: false, shutdown: app.shutdown.clone(), _guard: ConnectionGuard::new() };
-    Sse::new(stream(state)).keep_alive(KeepAlive::new().interval(app.keepalive).text("keep-alive")).into_response()
+    let state = StreamState {
+        rx,
+        first,
+        retry: app.retry,
+        min_interval: app.min_interval,
+        sent_any: false,
+        shutdown: app.shutdown.clone(),
+        _guard: ConnectionGuard::new(),
+    };
+    Sse::new(stream(state))
+        .keep_alive(KeepAlive::new().interval(app.keepalive).text("keep-alive"))
+        .into_response()
 }
 
 fn stream(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>> {

@@ -57,7 +57,12 @@ impl StageEvent {
 
 impl StatusStore {
     pub fn new(expect: Expect, batch_gap_ms: i64) -> Self {
-        Self { users: DashMap::new(), expect, batch_gap_ms, events_applied: AtomicU64::new(0) }
+        Self {
+            users: DashMap::new(),
+            expect,
+            batch_gap_ms,
+            events_applied: AtomicU64::new(0),
+        }
     }
 
     fn entry(&self, user_id: &str) -> Arc<UserEntry> {
@@ -68,8 +73,14 @@ impl StatusStore {
             .entry(user_id.to_string())
             .or_insert_with(|| {
                 let snapshot = UserCounters::default().snapshot(user_id, self.expect);
-                let (tx, _) = watch::channel(Arc::new(Published { snapshot, event_ms: 0 }));
-                Arc::new(UserEntry { counters: Mutex::new(UserCounters::default()), tx })
+                let (tx, _) = watch::channel(Arc::new(Published {
+                    snapshot,
+                    event_ms: 0,
+                }));
+                Arc::new(UserEntry {
+                    counters: Mutex::new(UserCounters::default()),
+                    tx,
+                })
             })
             .clone()
     }
@@ -88,7 +99,10 @@ impl StatusStore {
         if changed {
             let snapshot = c.snapshot(user_id, self.expect);
             drop(c);
-            entry.tx.send_replace(Arc::new(Published { snapshot, event_ms: event.event_ms() }));
+            entry.tx.send_replace(Arc::new(Published {
+                snapshot,
+                event_ms: event.event_ms(),
+            }));
         }
     }
 
@@ -109,6 +123,9 @@ impl StatusStore {
 
     /// Approximate heap bytes of all per-photo state.
     pub fn photo_state_bytes(&self) -> usize {
-        self.users.iter().map(|e| e.counters.lock().expect("lock").heap_bytes()).sum()
+        self.users
+            .iter()
+            .map(|e| e.counters.lock().expect("lock").heap_bytes())
+            .sum()
     }
 }

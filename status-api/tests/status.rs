@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn token(user: &str) -> String {
-    TokenSigner::new(TOKEN_SECRET.as_bytes()).unwrap().mint(user, 3600)
+    TokenSigner::new(TOKEN_SECRET.as_bytes())
+        .unwrap()
+        .mint(user, 3600)
 }
 
 fn photo(name: &str) -> Vec<u8> {
@@ -21,8 +23,13 @@ fn photo(name: &str) -> Vec<u8> {
 }
 
 /// A minimal EventSource: yields (id, data) of each `status` event.
-async fn sse(url: String, last_event_id: Option<u64>) -> (reqwest::StatusCode, mpsc::UnboundedReceiver<(u64, Value)>) {
-    let mut req = reqwest::Client::new().get(url).header("accept", "text/event-stream");
+async fn sse(
+    url: String,
+    last_event_id: Option<u64>,
+) -> (reqwest::StatusCode, mpsc::UnboundedReceiver<(u64, Value)>) {
+    let mut req = reqwest::Client::new()
+        .get(url)
+        .header("accept", "text/event-stream");
     if let Some(id) = last_event_id {
         req = req.header("last-event-id", id.to_string());
     }
@@ -55,7 +62,11 @@ async fn sse(url: String, last_event_id: Option<u64>) -> (reqwest::StatusCode, m
     (status, rx)
 }
 
-async fn next_until(rx: &mut mpsc::UnboundedReceiver<(u64, Value)>, what: &str, pred: impl Fn(&Value) -> bool) -> Vec<(u64, Value)> {
+async fn next_until(
+    rx: &mut mpsc::UnboundedReceiver<(u64, Value)>,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Vec<(u64, Value)> {
     let mut seen = vec![];
     let deadline = Instant::now() + TIMEOUT;
     loop {
@@ -90,30 +101,61 @@ fn kcat_duplicate_topic(brokers: &str, topic: &str) {
     let script = format!(
         "kcat -b {brokers} -C -t {topic} -o beginning -e -q -f '%k\\t%s\\n' | kcat -b {brokers} -P -t {topic} -K '\\t'"
     );
-    let st = Command::new("bash").arg("-c").arg(&script).status().unwrap();
+    let st = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .unwrap();
     assert!(st.success(), "kcat replay failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_is_live_exact_and_survives_duplicates_and_restarts() {
     let mut stack = Stack::start(workspace_bin("processor")).await;
-    stack.start_status_api(&workspace_bin("status-api"), &[]).await;
-    let url = format!("{}/v1/users/u1/events?token={}", stack.status_url(), token("u1"));
+    stack
+        .start_status_api(&workspace_bin("status-api"), &[])
+        .await;
+    let url = format!(
+        "{}/v1/users/u1/events?token={}",
+        stack.status_url(),
+        token("u1")
+    );
     let (code, mut events) = sse(url.clone(), None).await;
     assert_eq!(code, 200);
     let first = next_until(&mut events, "initial snapshot", |_| true).await;
     assert_eq!(first[0].1["phase"], "idle");
 
-    let names = ["S_dune_1680x1050.jpg", "M_kite_2560x1600.jpg", "P12_wine_o6_3024x4032.jpg", "S_storm_1920x1280.jpg"];
+    let names = [
+        "S_dune_1680x1050.jpg",
+        "M_kite_2560x1600.jpg",
+        "P12_wine_o6_3024x4032.jpg",
+        "S_storm_1920x1280.jpg",
+    ];
     let n = 8;
     for i in 0..n {
-        stack.upload(&format!("users/u1/photos/{i}-{}", names[i % 4]), photo(names[i % 4])).await;
+        stack
+            .upload(
+                &format!("users/u1/photos/{i}-{}", names[i % 4]),
+                photo(names[i % 4]),
+            )
+            .await;
     }
-    stack.upload("users/u1/photos/broken.jpg", b"not a photo".to_vec()).await;
-    let seen = next_until(&mut events, "done", |s| s["phase"] == "done" && s["uploaded"] == n as u64 + 1).await;
-    assert!(seen.iter().any(|(_, s)| s["phase"] == "processing"), "never saw processing: {seen:#?}");
+    stack
+        .upload("users/u1/photos/broken.jpg", b"not a photo".to_vec())
+        .await;
+    let seen = next_until(&mut events, "done", |s| {
+        s["phase"] == "done" && s["uploaded"] == n as u64 + 1
+    })
+    .await;
+    assert!(
+        seen.iter().any(|(_, s)| s["phase"] == "processing"),
+        "never saw processing: {seen:#?}"
+    );
     let ids: Vec<u64> = seen.iter().map(|(id, _)| *id).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids must increase: {ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids must increase: {ids:?}"
+    );
     let done = &seen.last().unwrap().1;
     assert_eq!(done["thumbnails"]["ok"], n as u64);
     assert_eq!(done["thumbnails"]["failed"], 1);
@@ -132,15 +174,25 @@ async fn progress_is_live_exact_and_survives_duplicates_and_restarts() {
 
     // Crash and restart: the same counts, rebuilt from the topics.
     stack.kill_status_api();
-    stack.start_status_api(&workspace_bin("status-api"), &[]).await;
+    stack
+        .start_status_api(&workspace_bin("status-api"), &[])
+        .await;
     let rebuilt = status_json(&stack, "u1").await;
     assert_eq!(rebuilt, after, "restart must reproduce the counts exactly");
 
     // A client resuming with Last-Event-ID gets no stale repeat, then the next change.
     let (_, mut resumed) = sse(url.clone(), Some(final_seq)).await;
-    stack.upload("users/u1/photos/late.jpg", photo("S_dune_1680x1050.jpg")).await;
-    let next = next_until(&mut resumed, "the change after resuming", |s| s["uploaded"] == n as u64 + 2).await;
-    assert!(next.iter().all(|(id, _)| *id > final_seq), "resumed stream repeated old state: {next:#?}");
+    stack
+        .upload("users/u1/photos/late.jpg", photo("S_dune_1680x1050.jpg"))
+        .await;
+    let next = next_until(&mut resumed, "the change after resuming", |s| {
+        s["uploaded"] == n as u64 + 2
+    })
+    .await;
+    assert!(
+        next.iter().all(|(id, _)| *id > final_seq),
+        "resumed stream repeated old state: {next:#?}"
+    );
     // And a fresh client gets the current snapshot at once.
     let (_, mut fresh) = sse(url, None).await;
     let now = next_until(&mut fresh, "snapshot", |_| true).await;
@@ -150,7 +202,9 @@ async fn progress_is_live_exact_and_survives_duplicates_and_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_guard_each_users_status() {
     let mut stack = Stack::start(workspace_bin("processor")).await;
-    stack.start_status_api(&workspace_bin("status-api"), &[]).await;
+    stack
+        .start_status_api(&workspace_bin("status-api"), &[])
+        .await;
     let http = reqwest::Client::new();
     let base = stack.status_url();
     let get = |path: String, bearer: Option<String>| {
@@ -160,12 +214,40 @@ async fn tokens_guard_each_users_status() {
         }
         r.send()
     };
-    assert_eq!(get("/v1/users/u1/status".into(), None).await.unwrap().status(), 401);
-    assert_eq!(get("/v1/users/u1/status".into(), Some(token("u2"))).await.unwrap().status(), 403);
+    assert_eq!(
+        get("/v1/users/u1/status".into(), None)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        get("/v1/users/u1/status".into(), Some(token("u2")))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     let forged = TokenSigner::new(b"wrong-secret").unwrap().mint("u1", 3600);
-    assert_eq!(get("/v1/users/u1/status".into(), Some(forged)).await.unwrap().status(), 401);
-    assert_eq!(get("/v1/users/u1/status".into(), Some(token("u1"))).await.unwrap().status(), 200);
-    let (code, _) = sse(format!("{base}/v1/users/u1/events?token={}", token("u2")), None).await;
+    assert_eq!(
+        get("/v1/users/u1/status".into(), Some(forged))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        get("/v1/users/u1/status".into(), Some(token("u1")))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (code, _) = sse(
+        format!("{base}/v1/users/u1/events?token={}", token("u2")),
+        None,
+    )
+    .await;
     assert_eq!(code, 403);
     let (code, _) = sse(format!("{base}/v1/users/u1/events"), None).await;
     assert_eq!(code, 401);
@@ -178,18 +260,38 @@ async fn tokens_guard_each_users_status() {
         .unwrap();
     assert!(out.status.success());
     let cli_token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(get("/v1/users/u7/status".into(), Some(cli_token)).await.unwrap().status(), 200);
+    assert_eq!(
+        get("/v1/users/u7/status".into(), Some(cli_token))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_both_services() {
     let mut stack = Stack::start(workspace_bin("processor")).await;
-    stack.start_status_api(&workspace_bin("status-api"), &[]).await;
-    stack.upload("users/u5/photos/a.jpg", photo("S_dune_1680x1050.jpg")).await;
-    stack.wait_for_photos(&stack.topics.thumbnailed, 1, TIMEOUT).await;
-    let targets = [format!("127.0.0.1:{}", stack.processor_port), format!("127.0.0.1:{}", stack.status_port)];
+    stack
+        .start_status_api(&workspace_bin("status-api"), &[])
+        .await;
+    stack
+        .upload("users/u5/photos/a.jpg", photo("S_dune_1680x1050.jpg"))
+        .await;
+    stack
+        .wait_for_photos(&stack.topics.thumbnailed, 1, TIMEOUT)
+        .await;
+    let targets = [
+        format!("127.0.0.1:{}", stack.processor_port),
+        format!("127.0.0.1:{}", stack.status_port),
+    ];
     for t in &targets {
-        let body = reqwest::get(format!("http://{t}/metrics")).await.unwrap().text().await.unwrap();
+        let body = reqwest::get(format!("http://{t}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let mut check = Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(std::process::Stdio::piped())
@@ -198,10 +300,19 @@ async fn prometheus_scrapes_both_services() {
             .spawn()
             .expect("promtool (Debian package prometheus) is installed");
         use std::io::Write;
-        check.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
         let out = check.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "promtool check metrics on {t}: {text}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "promtool check metrics on {t}: {text}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
@@ -211,8 +322,14 @@ async fn prometheus_scrapes_both_services() {
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
     let port = free_port();
     let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -227,11 +344,27 @@ async fn prometheus_scrapes_both_services() {
         };
         let ups: Vec<(String, String)> = q["data"]["result"]
             .as_array()
-            .map(|a| a.iter().map(|r| (r["metric"]["instance"].as_str().unwrap_or("").to_string(), r["value"][1].as_str().unwrap_or("").to_string())).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        (
+                            r["metric"]["instance"].as_str().unwrap_or("").to_string(),
+                            r["value"][1].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
-        let all_up = targets.iter().all(|t| ups.iter().any(|(i, v)| i == t && v == "1"));
+        let all_up = targets
+            .iter()
+            .all(|t| ups.iter().any(|(i, v)| i == t && v == "1"));
         if all_up {
-            let q: Value = reqwest::get(format!("{api}/query?query=photos_processed_total")).await.unwrap().json().await.unwrap();
+            let q: Value = reqwest::get(format!("{api}/query?query=photos_processed_total"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             break q;
         }
         if start.elapsed() > Duration::from_secs(60) {
@@ -242,6 +375,12 @@ async fn prometheus_scrapes_both_services() {
     };
     prom.kill().ok();
     prom.wait().ok();
-    let series = result["data"]["result"].as_array().cloned().unwrap_or_default();
-    assert!(series.iter().any(|s| s["value"][1] == "1"), "processed counter not scraped: {result}");
+    let series = result["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        series.iter().any(|s| s["value"][1] == "1"),
+        "processed counter not scraped: {result}"
+    );
 }

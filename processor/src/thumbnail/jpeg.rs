@@ -154,8 +154,14 @@ impl JpegDecoder {
         layout: PixelLayout,
     ) -> Result<(Vec<u8>, usize, usize), JpegError> {
         // libjpeg-turbo lists its factors in lowest terms (1/4, not 2/8).
-        let gcd = [8u8, 4, 2, 1].into_iter().find(|d| num % d == 0 && 8 % d == 0).unwrap_or(1);
-        let factor = raw::tjscalingfactor { num: (num / gcd) as libc::c_int, denom: (8 / gcd) as libc::c_int };
+        let gcd = [8u8, 4, 2, 1]
+            .into_iter()
+            .find(|d| num.is_multiple_of(*d) && 8u8.is_multiple_of(*d))
+            .unwrap_or(1);
+        let factor = raw::tjscalingfactor {
+            num: (num / gcd) as libc::c_int,
+            denom: (8 / gcd) as libc::c_int,
+        };
         // SAFETY: valid handle; the factor is validated by libjpeg-turbo.
         if unsafe { raw::tj3SetScalingFactor(self.handle.0, factor) } != 0 {
             return Err(self.handle.error());
@@ -203,7 +209,12 @@ impl JpegEncoder {
     }
 
     /// Encode packed RGB pixels.
-    pub fn encode_rgb(&mut self, pixels: &[u8], width: usize, height: usize) -> Result<Vec<u8>, JpegError> {
+    pub fn encode_rgb(
+        &mut self,
+        pixels: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<u8>, JpegError> {
         assert_eq!(pixels.len(), width * height * 3, "RGB buffer size");
         let mut out: *mut libc::c_uchar = std::ptr::null_mut();
         let mut size = 0;

@@ -18,12 +18,17 @@ use crate::kafka::{EventProducer, KafkaConfig};
 use crate::keys::KeyPattern;
 use crate::offsets::{OffsetTracker, Ticket};
 use crate::storage::ObjectStore;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use render::{RenderOptions, Renderer};
-use schemas::{DeadLetter, Failure, FailureReason, PhotoUploaded, StageStatus, Thumbnail, ThumbnailDone, ThumbnailTimings, SCHEMA_VERSION};
+use schemas::{
+    DeadLetter, Failure, FailureReason, PhotoUploaded, StageStatus, Thumbnail, ThumbnailDone,
+    ThumbnailTimings, SCHEMA_VERSION,
+};
 use std::cell::RefCell;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -85,7 +90,11 @@ impl ConsumerContext for StageContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut tracker = self.tracker.lock().expect("tracker lock");
             for e in tpl.elements() {
-                tracing::info!(topic = e.topic(), partition = e.partition(), "partition revoked");
+                tracing::info!(
+                    topic = e.topic(),
+                    partition = e.partition(),
+                    "partition revoked"
+                );
                 tracker.revoke(&(e.topic().to_string(), e.partition()));
             }
         }
@@ -105,36 +114,51 @@ struct Job {
 }
 
 impl ThumbnailStage {
-    pub fn new(cfg: ThumbnailConfig, kafka: &KafkaConfig, producer: EventProducer, store: ObjectStore, hook: DbHook) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: ThumbnailConfig,
+        kafka: &KafkaConfig,
+        producer: EventProducer,
+        store: ObjectStore,
+        hook: DbHook,
+    ) -> anyhow::Result<Self> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let mut consumer_config = kafka.client_config_with(&[
-                ("group.id", &cfg.group),
-                ("enable.auto.commit", "true"),
-                ("auto.commit.interval.ms", "1000"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("session.timeout.ms", "10000"),
-                // Also the rebalance timeout: how long a rebalance waits for a member that
-                // stopped answering. We keep polling even when busy (partitions are paused, not
-                // starved), so this can be short.
-                ("max.poll.interval.ms", "60000"),
-                ("statistics.interval.ms", "5000"),
-            ])?;
+            ("group.id", &cfg.group),
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "1000"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", "10000"),
+            // Also the rebalance timeout: how long a rebalance waits for a member that
+            // stopped answering. We keep polling even when busy (partitions are paused, not
+            // starved), so this can be short.
+            ("max.poll.interval.ms", "60000"),
+            ("statistics.interval.ms", "5000"),
+        ])?;
         if let Some(id) = &cfg.group_instance_id {
             consumer_config.set("group.instance.id", id);
         }
-        let consumer: StreamConsumer<StageContext> = consumer_config.create_with_context(StageContext { tracker: tracker.clone() })?;
+        let consumer: StreamConsumer<StageContext> =
+            consumer_config.create_with_context(StageContext {
+                tracker: tracker.clone(),
+            })?;
         consumer.subscribe(&[&cfg.input_topic])?;
         let shared = Arc::new(Shared {
             cpu: Semaphore::new(cfg.cpu_workers),
-            done: Mutex::new(lru::LruCache::new(NonZeroUsize::new(100_000).expect("non-zero"))),
+            done: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(100_000).expect("non-zero"),
+            )),
             give_up: CancellationToken::new(),
             cfg,
             producer,
             store,
             hook,
         });
-        Ok(Self { shared, consumer, tracker })
+        Ok(Self {
+            shared,
+            consumer,
+            tracker,
+        })
     }
 
     /// Consume and process until `shutdown` is cancelled, then finish (or abandon, after the
@@ -149,7 +173,8 @@ impl ThumbnailStage {
             while running.len() < cfg.max_in_flight {
                 let Some(job) = queue.pop() else { break };
                 let shared = self.shared.clone();
-                running.spawn(async move { process(&shared, job.event).await.then_some(job.ticket) });
+                running
+                    .spawn(async move { process(&shared, job.event).await.then_some(job.ticket) });
             }
             metrics::gauge!("photos_in_flight", "stage" => "thumbnail").set(running.len() as f64);
             // Full: pause fetching rather than stop polling, so the group keeps us as a live member.
@@ -186,7 +211,11 @@ impl ThumbnailStage {
             }
         }
 
-        tracing::info!(in_flight = running.len(), queued = queue.len(), "thumbnail stage stopping");
+        tracing::info!(
+            in_flight = running.len(),
+            queued = queue.len(),
+            "thumbnail stage stopping"
+        );
         let deadline = tokio::time::sleep(cfg.shutdown_grace);
         tokio::pin!(deadline);
         loop {
@@ -207,7 +236,9 @@ impl ThumbnailStage {
         self.shared.producer.flush(Duration::from_secs(5));
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(%e, "final offset commit failed (records since the last commit will be redelivered)"),
+            Err(e) => {
+                tracing::warn!(%e, "final offset commit failed (records since the last commit will be redelivered)")
+            }
         }
         tracing::info!("thumbnail stage stopped");
         Ok(())
@@ -265,7 +296,11 @@ fn observe(step: &'static str, d: Duration) {
 }
 
 /// The work for one photo, up to (not including) emitting events.
-async fn make_thumbnail(shared: &Shared, ev: &PhotoUploaded, timings: &mut ThumbnailTimings) -> Result<(Thumbnail, schemas::SourceImage), Failure> {
+async fn make_thumbnail(
+    shared: &Shared,
+    ev: &PhotoUploaded,
+    timings: &mut ThumbnailTimings,
+) -> Result<(Thumbnail, schemas::SourceImage), Failure> {
     let cfg = &shared.cfg;
     let file = cfg.photo_keys.match_key(&ev.key).map_err(|e| Failure {
         reason: FailureReason::Internal,
@@ -283,7 +318,10 @@ async fn make_thumbnail(shared: &Shared, ev: &PhotoUploaded, timings: &mut Thumb
     let opts = cfg.render;
     let rendered = tokio::task::spawn_blocking(move || render_on_this_thread(opts, &original))
         .await
-        .map_err(|e| Failure { reason: FailureReason::Internal, detail: format!("render task panicked: {e}") })??;
+        .map_err(|e| Failure {
+            reason: FailureReason::Internal,
+            detail: format!("render task panicked: {e}"),
+        })??;
     drop(permit);
     timings.decode_resize_encode_ms = t.elapsed().as_secs_f64() * 1e3;
     observe("decode", rendered.decode);
@@ -298,7 +336,15 @@ async fn make_thumbnail(shared: &Shared, ev: &PhotoUploaded, timings: &mut Thumb
         size_bytes: rendered.jpeg.len() as u64,
     };
     let t = Instant::now();
-    shared.store.put(&ev.bucket, &thumbnail.key, rendered.jpeg, &thumbnail.content_type).await?;
+    shared
+        .store
+        .put(
+            &ev.bucket,
+            &thumbnail.key,
+            rendered.jpeg,
+            &thumbnail.content_type,
+        )
+        .await?;
     observe("upload", t.elapsed());
     timings.upload_ms = t.elapsed().as_secs_f64() * 1e3;
 
@@ -363,16 +409,32 @@ async fn process(shared: &Shared, ev: PhotoUploaded) -> bool {
             original: ev.clone(),
             failed_at_ms: done.finished_at_ms,
         };
-        if shared.producer.send_until_delivered(&cfg.dlq_topic, &ev.user_id, &dead, &shared.give_up).await.is_err() {
+        if shared
+            .producer
+            .send_until_delivered(&cfg.dlq_topic, &ev.user_id, &dead, &shared.give_up)
+            .await
+            .is_err()
+        {
             return false;
         }
     }
-    if shared.producer.send_until_delivered(&cfg.output_topic, &ev.user_id, &done, &shared.give_up).await.is_err() {
+    if shared
+        .producer
+        .send_until_delivered(&cfg.output_topic, &ev.user_id, &done, &shared.give_up)
+        .await
+        .is_err()
+    {
         return false;
     }
-    let status_label = if status == StageStatus::Ok { "ok" } else { "failed" };
-    metrics::counter!("photos_processed_total", "stage" => "thumbnail", "status" => status_label).increment(1);
-    metrics::histogram!("thumbnail_photo_seconds").record((done.finished_at_ms - ev.uploaded_at_ms).max(0) as f64 / 1e3);
+    let status_label = if status == StageStatus::Ok {
+        "ok"
+    } else {
+        "failed"
+    };
+    metrics::counter!("photos_processed_total", "stage" => "thumbnail", "status" => status_label)
+        .increment(1);
+    metrics::histogram!("thumbnail_photo_seconds")
+        .record((done.finished_at_ms - ev.uploaded_at_ms).max(0) as f64 / 1e3);
     if status == StageStatus::Ok {
         shared.done.lock().expect("lock").put(ev.photo_id, ());
     }

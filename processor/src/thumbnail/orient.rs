@@ -16,7 +16,10 @@ pub struct JpegMarkers {
 /// Walk the JPEG segments up to the first scan. Malformed or hostile EXIF is ignored (the
 /// photo is still shown, unrotated), never an error: orientation is a hint, not the image.
 pub fn scan_jpeg_markers(data: &[u8]) -> JpegMarkers {
-    let mut out = JpegMarkers { orientation: 1, adobe: false };
+    let mut out = JpegMarkers {
+        orientation: 1,
+        adobe: false,
+    };
     let mut pos = 2; // after SOI
     while pos + 4 <= data.len() {
         if data[pos] != 0xFF {
@@ -66,11 +69,21 @@ pub fn swaps_axes(orientation: u8) -> bool {
 
 /// Apply EXIF `orientation` to a packed buffer of `channels` bytes per pixel.
 /// Returns the new buffer and its (width, height).
-pub fn apply(pixels: Vec<u8>, w: usize, h: usize, channels: usize, orientation: u8) -> (Vec<u8>, usize, usize) {
+pub fn apply(
+    pixels: Vec<u8>,
+    w: usize,
+    h: usize,
+    channels: usize,
+    orientation: u8,
+) -> (Vec<u8>, usize, usize) {
     if !(2..=8).contains(&orientation) {
         return (pixels, w, h);
     }
-    let (ow, oh) = if swaps_axes(orientation) { (h, w) } else { (w, h) };
+    let (ow, oh) = if swaps_axes(orientation) {
+        (h, w)
+    } else {
+        (w, h)
+    };
     let mut out = vec![0u8; pixels.len()];
     for y in 0..oh {
         for x in 0..ow {
@@ -120,7 +133,10 @@ mod tests {
     #[test]
     fn hostile_markers_do_not_panic() {
         assert_eq!(scan_jpeg_markers(&[]).orientation, 1);
-        assert_eq!(scan_jpeg_markers(&[0xFF, 0xD8, 0xFF, 0xE1, 0xFF, 0xFF]).orientation, 1);
+        assert_eq!(
+            scan_jpeg_markers(&[0xFF, 0xD8, 0xFF, 0xE1, 0xFF, 0xFF]).orientation,
+            1
+        );
         let mut exif = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x10];
         exif.extend_from_slice(b"Exif\0\0garbagegarbage");
         assert_eq!(scan_jpeg_markers(&exif).orientation, 1);

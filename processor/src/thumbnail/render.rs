@@ -25,7 +25,12 @@ pub struct RenderOptions {
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        Self { max_width: 400, max_height: 400, quality: 80, max_pixels: 100_000_000 }
+        Self {
+            max_width: 400,
+            max_height: 400,
+            quality: 80,
+            max_pixels: 100_000_000,
+        }
     }
 }
 
@@ -94,14 +99,20 @@ pub fn sniff(data: &[u8]) -> Option<Format> {
         return Some(Format::Tiff);
     }
     if data.len() >= 12 && &data[4..8] == b"ftyp" {
-        let box_len = (u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize).clamp(12, data.len());
+        let box_len = (u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize)
+            .clamp(12, data.len());
         let brands: Vec<&[u8]> = std::iter::once(&data[8..12])
             .chain(data[16.min(box_len)..box_len].chunks_exact(4))
             .collect();
         if brands.iter().any(|b| matches!(*b, b"avif" | b"avis")) {
             return Some(Format::Avif);
         }
-        if brands.iter().any(|b| matches!(*b, b"heic" | b"heix" | b"hevc" | b"hevx" | b"heim" | b"heis" | b"mif1" | b"msf1")) {
+        if brands.iter().any(|b| {
+            matches!(
+                *b,
+                b"heic" | b"heix" | b"hevc" | b"hevx" | b"heim" | b"heis" | b"mif1" | b"msf1"
+            )
+        }) {
             return Some(Format::Heic);
         }
     }
@@ -111,16 +122,27 @@ pub fn sniff(data: &[u8]) -> Option<Format> {
 /// Width and height as the file's header declares them, read without a decoder, so that the
 /// pixel limit is enforced before any decoder allocates (or reads further than the header).
 pub fn declared_dimensions(format: Format, data: &[u8]) -> Option<(u32, u32)> {
-    let be32 = |i: usize| data.get(i..i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-    let le16 = |i: usize| data.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32);
-    let le24 = |i: usize| data.get(i..i + 3).map(|b| u32::from_le_bytes([b[0], b[1], b[2], 0]));
+    let be32 = |i: usize| {
+        data.get(i..i + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let le16 = |i: usize| {
+        data.get(i..i + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
+    };
+    let le24 = |i: usize| {
+        data.get(i..i + 3)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], 0]))
+    };
     match format {
         Format::Png if data.get(12..16) == Some(b"IHDR") => Some((be32(16)?, be32(20)?)),
         Format::Gif => Some((le16(6)?, le16(8)?)),
         Format::Webp => match data.get(12..16)? {
             b"VP8X" => Some((le24(24)? + 1, le24(27)? + 1)),
             b"VP8L" => {
-                let bits = data.get(21..25).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))?;
+                let bits = data
+                    .get(21..25)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))?;
                 Some(((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1))
             }
             b"VP8 " => Some((le16(26)? & 0x3FFF, le16(28)? & 0x3FFF)),
@@ -131,7 +153,10 @@ pub fn declared_dimensions(format: Format, data: &[u8]) -> Option<(u32, u32)> {
 }
 
 fn fail(reason: FailureReason, detail: impl Into<String>) -> Failure {
-    Failure { reason, detail: detail.into() }
+    Failure {
+        reason,
+        detail: detail.into(),
+    }
 }
 
 /// Renders thumbnails, reusing decoder, encoder and resizer state between photos.
@@ -161,10 +186,16 @@ impl Renderer {
     /// Render one photo.
     pub fn render(&mut self, data: &[u8]) -> Result<Rendered, Failure> {
         if data.is_empty() {
-            return Err(fail(FailureReason::EmptyObject, "the object has zero bytes"));
+            return Err(fail(
+                FailureReason::EmptyObject,
+                "the object has zero bytes",
+            ));
         }
         let format = sniff(data).ok_or_else(|| {
-            fail(FailureReason::NotAnImage, "not a JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF file")
+            fail(
+                FailureReason::NotAnImage,
+                "not a JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF file",
+            )
         })?;
         let start = Instant::now();
         let decoded = match format {
@@ -184,7 +215,13 @@ impl Renderer {
         let decode = start.elapsed();
 
         let start = Instant::now();
-        let Decoded { rgb, width, height, target, source } = decoded;
+        let Decoded {
+            rgb,
+            width,
+            height,
+            target,
+            source,
+        } = decoded;
         let (rgb, w, h) = if (width, height) == target {
             (rgb, width, height)
         } else {
@@ -198,7 +235,15 @@ impl Renderer {
             .jpeg_encoder
             .encode_rgb(&rgb, w, h)
             .map_err(|e| fail(FailureReason::Internal, format!("JPEG encode failed: {e}")))?;
-        Ok(Rendered { jpeg, width: w as u32, height: h as u32, source, decode, resize, encode: start.elapsed() })
+        Ok(Rendered {
+            jpeg,
+            width: w as u32,
+            height: h as u32,
+            source,
+            decode,
+            resize,
+            encode: start.elapsed(),
+        })
     }
 
     /// Final size in stored (pre-orientation) axes for a stored image of `w`×`h`.
@@ -219,12 +264,19 @@ impl Renderer {
 
     fn check_pixels(&self, w: u64, h: u64) -> Result<(), Failure> {
         if w == 0 || h == 0 {
-            return Err(fail(FailureReason::CorruptImage, format!("image declares a {w}x{h} size")));
+            return Err(fail(
+                FailureReason::CorruptImage,
+                format!("image declares a {w}x{h} size"),
+            ));
         }
         if w.saturating_mul(h) > self.opts.max_pixels {
             return Err(fail(
                 FailureReason::TooManyPixels,
-                format!("{w}x{h} is {} pixels, above the limit of {}", w.saturating_mul(h), self.opts.max_pixels),
+                format!(
+                    "{w}x{h} is {} pixels, above the limit of {}",
+                    w.saturating_mul(h),
+                    self.opts.max_pixels
+                ),
             ));
         }
         Ok(())
@@ -236,7 +288,10 @@ impl Renderer {
             if too_big {
                 fail(FailureReason::TooManyPixels, format!("JPEG header: {e}"))
             } else {
-                fail(FailureReason::CorruptImage, format!("invalid JPEG header: {e}"))
+                fail(
+                    FailureReason::CorruptImage,
+                    format!("invalid JPEG header: {e}"),
+                )
             }
         })?;
         self.check_pixels(header.width as u64, header.height as u64)?;
@@ -245,22 +300,50 @@ impl Renderer {
         let num = shrink_on_load(header.width, header.height, target);
         // At 1/8 scale only the DC coefficient of each block matters: a progressive file's DC
         // scans carry all of it, so its AC scans (most of the file) need not be decoded.
-        let dc_only = if num == 1 && header.progressive { progressive_dc_only(data) } else { None };
+        let dc_only = if num == 1 && header.progressive {
+            progressive_dc_only(data)
+        } else {
+            None
+        };
         let data = dc_only.as_deref().unwrap_or(data);
-        let cmyk = matches!(header.colorspace, JpegColorspace::Cmyk | JpegColorspace::Ycck);
-        let layout = if cmyk { PixelLayout::Cmyk } else { PixelLayout::Rgb };
-        let (pixels, w, h) = self.jpeg_decoder.decode_scaled(data, &header, num, layout).map_err(|e| {
-            let detail = if e.0.contains("Premature end") { format!("truncated JPEG: {e}") } else { format!("corrupt JPEG: {e}") };
-            fail(FailureReason::CorruptImage, detail)
-        })?;
-        let rgb = if cmyk { cmyk_to_rgb(&pixels, markers.adobe) } else { pixels };
+        let cmyk = matches!(
+            header.colorspace,
+            JpegColorspace::Cmyk | JpegColorspace::Ycck
+        );
+        let layout = if cmyk {
+            PixelLayout::Cmyk
+        } else {
+            PixelLayout::Rgb
+        };
+        let (pixels, w, h) = self
+            .jpeg_decoder
+            .decode_scaled(data, &header, num, layout)
+            .map_err(|e| {
+                let detail = if e.0.contains("Premature end") {
+                    format!("truncated JPEG: {e}")
+                } else {
+                    format!("corrupt JPEG: {e}")
+                };
+                fail(FailureReason::CorruptImage, detail)
+            })?;
+        let rgb = if cmyk {
+            cmyk_to_rgb(&pixels, markers.adobe)
+        } else {
+            pixels
+        };
         let source = SourceImage {
             format: "jpeg".into(),
             width: header.width as u32,
             height: header.height as u32,
             orientation: markers.orientation,
         };
-        Ok(Decoded { rgb, width: w, height: h, target, source })
+        Ok(Decoded {
+            rgb,
+            width: w,
+            height: h,
+            target,
+            source,
+        })
     }
 
     fn decode_other(&mut self, data: &[u8], format: Format) -> Result<Decoded, Failure> {
@@ -285,18 +368,44 @@ impl Renderer {
         self.check_pixels(w as u64, h as u64)?;
         let orientation = decoder.orientation().map(|o| o.to_exif()).unwrap_or(1);
         let img = image::DynamicImage::from_decoder(decoder).map_err(|e| image_error(format, e))?;
-        let rgb = if img.color().has_alpha() { flatten_on_white(img.to_rgba8()) } else { img.to_rgb8() };
+        let rgb = if img.color().has_alpha() {
+            flatten_on_white(img.to_rgba8())
+        } else {
+            img.to_rgb8()
+        };
         let target = self.stored_target(w as usize, h as usize, orientation);
-        let source = SourceImage { format: format.name().into(), width: w, height: h, orientation };
-        Ok(Decoded { rgb: rgb.into_raw(), width: w as usize, height: h as usize, target, source })
+        let source = SourceImage {
+            format: format.name().into(),
+            width: w,
+            height: h,
+            orientation,
+        };
+        Ok(Decoded {
+            rgb: rgb.into_raw(),
+            width: w as usize,
+            height: h as usize,
+            target,
+            source,
+        })
     }
 
-    fn resize(&mut self, rgb: Vec<u8>, w: usize, h: usize, target: (usize, usize)) -> Result<Vec<u8>, Failure> {
-        let internal = |e: &dyn std::fmt::Display| fail(FailureReason::Internal, format!("resize: {e}"));
-        let src = fr::images::Image::from_vec_u8(w as u32, h as u32, rgb, fr::PixelType::U8x3).map_err(|e| internal(&e))?;
+    fn resize(
+        &mut self,
+        rgb: Vec<u8>,
+        w: usize,
+        h: usize,
+        target: (usize, usize),
+    ) -> Result<Vec<u8>, Failure> {
+        let internal =
+            |e: &dyn std::fmt::Display| fail(FailureReason::Internal, format!("resize: {e}"));
+        let src = fr::images::Image::from_vec_u8(w as u32, h as u32, rgb, fr::PixelType::U8x3)
+            .map_err(|e| internal(&e))?;
         let mut dst = fr::images::Image::new(target.0 as u32, target.1 as u32, fr::PixelType::U8x3);
-        let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3));
-        self.resizer.resize(&src, &mut dst, &opts).map_err(|e| internal(&e))?;
+        let opts = fr::ResizeOptions::new()
+            .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3));
+        self.resizer
+            .resize(&src, &mut dst, &opts)
+            .map_err(|e| internal(&e))?;
         Ok(dst.into_vec())
     }
 }
@@ -307,7 +416,10 @@ impl Renderer {
 /// Lanczos3 step always has something left to do.
 pub fn shrink_on_load(width: usize, height: usize, target: (usize, usize)) -> u8 {
     let shrink = (width as f64 / target.0 as f64).min(height as f64 / target.1 as f64);
-    let mut factor = [8usize, 4, 2].into_iter().find(|&f| shrink >= f as f64).unwrap_or(1);
+    let mut factor = [8usize, 4, 2]
+        .into_iter()
+        .find(|&f| shrink >= f as f64)
+        .unwrap_or(1);
     if factor > 1 && shrink as usize == factor {
         factor /= 2;
     }
@@ -349,7 +461,9 @@ pub fn progressive_dc_only(data: &[u8]) -> Option<Vec<u8>> {
         let ns = *segment.get(4)? as usize;
         let (ss, se) = (*segment.get(5 + 2 * ns)?, *segment.get(6 + 2 * ns)?);
         let mut end = seg_end;
-        while end + 1 < data.len() && !(data[end] == 0xFF && data[end + 1] != 0 && !(0xD0..=0xD7).contains(&data[end + 1])) {
+        while end + 1 < data.len()
+            && !(data[end] == 0xFF && data[end + 1] != 0 && !(0xD0..=0xD7).contains(&data[end + 1]))
+        {
             end += 1;
         }
         if end + 1 >= data.len() {
@@ -376,14 +490,29 @@ struct Decoded {
 fn image_error(format: Format, e: image::ImageError) -> Failure {
     use image::error::{ImageError, LimitErrorKind};
     match e {
-        ImageError::Limits(l) if matches!(l.kind(), LimitErrorKind::DimensionError | LimitErrorKind::InsufficientMemory) => {
-            fail(FailureReason::TooManyPixels, format!("{}: {l}", format.name()))
+        ImageError::Limits(l)
+            if matches!(
+                l.kind(),
+                LimitErrorKind::DimensionError | LimitErrorKind::InsufficientMemory
+            ) =>
+        {
+            fail(
+                FailureReason::TooManyPixels,
+                format!("{}: {l}", format.name()),
+            )
         }
-        ImageError::Unsupported(u) => fail(FailureReason::UnsupportedFormat, format!("{}: {u}", format.name())),
-        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            fail(FailureReason::CorruptImage, format!("truncated {}: {io}", format.name()))
-        }
-        other => fail(FailureReason::CorruptImage, format!("corrupt {}: {other}", format.name())),
+        ImageError::Unsupported(u) => fail(
+            FailureReason::UnsupportedFormat,
+            format!("{}: {u}", format.name()),
+        ),
+        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => fail(
+            FailureReason::CorruptImage,
+            format!("truncated {}: {io}", format.name()),
+        ),
+        other => fail(
+            FailureReason::CorruptImage,
+            format!("corrupt {}: {other}", format.name()),
+        ),
     }
 }
 
@@ -410,9 +539,18 @@ fn cmyk_to_rgb(cmyk: &[u8], adobe_inverted: bool) -> Vec<u8> {
         let (c, m, y, k) = if adobe_inverted {
             (px[0] as u32, px[1] as u32, px[2] as u32, px[3] as u32)
         } else {
-            (255 - px[0] as u32, 255 - px[1] as u32, 255 - px[2] as u32, 255 - px[3] as u32)
+            (
+                255 - px[0] as u32,
+                255 - px[1] as u32,
+                255 - px[2] as u32,
+                255 - px[3] as u32,
+            )
         };
-        out.extend_from_slice(&[(c * k / 255) as u8, (m * k / 255) as u8, (y * k / 255) as u8]);
+        out.extend_from_slice(&[
+            (c * k / 255) as u8,
+            (m * k / 255) as u8,
+            (y * k / 255) as u8,
+        ]);
     }
     out
 }
@@ -423,11 +561,14 @@ mod tests {
 
     fn jpeg_of(w: usize, h: usize) -> Vec<u8> {
         let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
-        JpegEncoder::new(90).unwrap().encode_rgb(&rgb, w, h).unwrap()
+        JpegEncoder::new(90)
+            .unwrap()
+            .encode_rgb(&rgb, w, h)
+            .unwrap()
     }
 
     fn reason(r: Result<Rendered, Failure>) -> FailureReason {
-        r.err().expect("expected a failure").reason
+        r.expect_err("expected a failure").reason
     }
 
     #[test]
@@ -447,9 +588,15 @@ mod tests {
     fn bad_input_maps_to_reasons() {
         let mut r = Renderer::new(RenderOptions::default()).unwrap();
         assert_eq!(reason(r.render(b"")), FailureReason::EmptyObject);
-        assert_eq!(reason(r.render(b"hello, not an image")), FailureReason::NotAnImage);
+        assert_eq!(
+            reason(r.render(b"hello, not an image")),
+            FailureReason::NotAnImage
+        );
         let jpeg = jpeg_of(640, 480);
-        assert_eq!(reason(r.render(&jpeg[..jpeg.len() / 2])), FailureReason::CorruptImage);
+        assert_eq!(
+            reason(r.render(&jpeg[..jpeg.len() / 2])),
+            FailureReason::CorruptImage
+        );
         let mut heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic".to_vec();
         heic.extend_from_slice(&[0; 64]);
         assert_eq!(reason(r.render(&heic)), FailureReason::UnsupportedFormat);
@@ -457,14 +604,24 @@ mod tests {
 
     #[test]
     fn pixel_limit_refuses_before_decoding() {
-        let mut r = Renderer::new(RenderOptions { max_pixels: 1000, ..Default::default() }).unwrap();
-        assert_eq!(reason(r.render(&jpeg_of(64, 64))), FailureReason::TooManyPixels);
+        let mut r = Renderer::new(RenderOptions {
+            max_pixels: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            reason(r.render(&jpeg_of(64, 64))),
+            FailureReason::TooManyPixels
+        );
         // A PNG header claiming 50,000 x 50,000 pixels with no data behind it.
         let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
         png.extend_from_slice(&50_000u32.to_be_bytes());
         png.extend_from_slice(&50_000u32.to_be_bytes());
         png.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(declared_dimensions(Format::Png, &png), Some((50_000, 50_000)));
+        assert_eq!(
+            declared_dimensions(Format::Png, &png),
+            Some((50_000, 50_000))
+        );
         let mut r = Renderer::new(RenderOptions::default()).unwrap();
         assert_eq!(reason(r.render(&png)), FailureReason::TooManyPixels);
         let mut gif = b"GIF89a".to_vec();
@@ -487,12 +644,19 @@ mod tests {
     fn progressive_dc_only_decodes_like_the_full_file_at_one_eighth() {
         // A progressive JPEG from libjpeg-turbo itself.
         let (w, h) = (640, 480);
-        let rgb: Vec<u8> = (0..w * h * 3).map(|i| ((i / 3) % w * 255 / w) as u8 ^ (i % 7) as u8).collect();
+        let rgb: Vec<u8> = (0..w * h * 3)
+            .map(|i| ((i / 3) % w * 255 / w) as u8 ^ (i % 7) as u8)
+            .collect();
         let mut enc = JpegEncoder::new(85).unwrap();
         enc.set_progressive(true).unwrap();
         let jpeg = enc.encode_rgb(&rgb, w, h).unwrap();
         let dc = progressive_dc_only(&jpeg).expect("parses");
-        assert!(dc.len() < jpeg.len() / 2, "DC scans are a small part: {} of {}", dc.len(), jpeg.len());
+        assert!(
+            dc.len() < jpeg.len() / 2,
+            "DC scans are a small part: {} of {}",
+            dc.len(),
+            jpeg.len()
+        );
         let mut dec = JpegDecoder::new(1 << 30, 200).unwrap();
         let hdr = dec.read_header(&jpeg).unwrap();
         assert!(hdr.progressive);
@@ -500,8 +664,20 @@ mod tests {
         let hdr2 = dec.read_header(&dc).unwrap();
         let part = dec.decode_scaled(&dc, &hdr2, 1, PixelLayout::Rgb).unwrap();
         assert_eq!((full.1, full.2), (part.1, part.2));
-        let mad = full.0.iter().zip(&part.0).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / full.0.len() as f64;
-        let max = full.0.iter().zip(&part.0).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        let mad = full
+            .0
+            .iter()
+            .zip(&part.0)
+            .map(|(a, b)| a.abs_diff(*b) as f64)
+            .sum::<f64>()
+            / full.0.len() as f64;
+        let max = full
+            .0
+            .iter()
+            .zip(&part.0)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
         // libjpeg smooths blocks whose AC coefficients are unknown, so not bit-identical.
         assert!(mad < 1.0 && max <= 12, "mean abs diff {mad:.3}, max {max}");
     }
@@ -510,10 +686,14 @@ mod tests {
     fn transparent_png_is_flattened_on_white() {
         let img = image::RgbaImage::from_pixel(10, 10, image::Rgba([0, 0, 0, 0]));
         let mut png = Vec::new();
-        img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
         let mut r = Renderer::new(RenderOptions::default()).unwrap();
         let out = r.render(&png).unwrap();
         let back = image::load_from_memory(&out.jpeg).unwrap().to_rgb8();
-        assert!(back.pixels().all(|p| p.0.iter().all(|&c| c > 245)), "expected white");
+        assert!(
+            back.pixels().all(|p| p.0.iter().all(|&c| c > 245)),
+            "expected white"
+        );
     }
 }

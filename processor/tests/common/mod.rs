@@ -19,6 +19,8 @@ pub fn assert_matches_schema(schema: &str, event: &serde_json::Value) {
     let schema: serde_json::Value = serde_json::from_str(schema).unwrap();
     let v = jsonschema::validator_for(&schema).unwrap();
     let errors: Vec<String> = v.iter_errors(event).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "event violates its schema: {errors:?}\n{event}");
+    assert!(
+        errors.is_empty(),
+        "event violates its schema: {errors:?}\n{event}"
+    );
 }
-
