@@ -36,6 +36,10 @@ enum Command {
         s3_addr: String,
         #[arg(long, env = "HOOK_ADDR", default_value = "127.0.0.1:8082")]
         hook_addr: String,
+        /// Keep the broker's topics across restarts (a JSON snapshot every 5 s: fine for
+        /// development, too slow for millions of records).
+        #[arg(long, env = "DEV_PERSIST_KAFKA", default_value_t = true, action = clap::ArgAction::Set)]
+        persist_kafka: bool,
         /// Where objects and the broker's snapshot are kept.
         #[arg(long, env = "DEV_DATA_DIR", default_value = ".dev")]
         data_dir: PathBuf,
@@ -86,13 +90,15 @@ async fn main() -> anyhow::Result<()> {
             kafka_addr,
             s3_addr,
             hook_addr,
+            persist_kafka,
             data_dir,
             webhook_url,
             webhook_secret,
             notify_prefix,
             s3,
         } => {
-            let kafka = spawn_broker(&kafka_addr, Some(&data_dir.join("kafka")))?;
+            let kafka_dir = data_dir.join("kafka");
+            let kafka = spawn_broker(&kafka_addr, persist_kafka.then_some(kafka_dir.as_path()))?;
             let notify = B2Emulation::new(&webhook_url, &webhook_secret, &notify_prefix);
             let server = S3Server::spawn(S3Config {
                 addr: s3_addr,

@@ -384,3 +384,53 @@ async fn prometheus_scrapes_both_services() {
         "processed counter not scraped: {result}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_redrive_with_scripts_replay_turns_a_failure_into_ok() {
+    let mut stack = Stack::start(workspace_bin("processor")).await;
+    stack
+        .start_status_api(&workspace_bin("status-api"), &[])
+        .await;
+    // A broken upload fails and lands in the DLQ ...
+    let key = "users/u6/photos/fixme.jpg";
+    stack.upload(key, b"not yet a photo".to_vec()).await;
+    stack.wait_for_photos(&stack.topics.dlq, 1, TIMEOUT).await;
+    let failed = status_json(&stack, "u6").await;
+    assert_eq!(
+        (
+            failed["thumbnails"]["failed"].as_u64(),
+            failed["uploaded"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{failed}"
+    );
+    // ... the object is repaired (a new version, itself a new photo), and the DLQ is re-driven
+    // with scripts/replay: the failed photo is processed again and now succeeds.
+    stack.upload(key, photo("S_dune_1680x1050.jpg")).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/replay");
+    let st = Command::new(script)
+        .arg("redrive-dlq")
+        .env("KAFKA_BROKERS", &stack.brokers)
+        .env("TOPIC_UPLOADED", &stack.topics.uploaded)
+        .env("TOPIC_DLQ", &stack.topics.dlq)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let start = Instant::now();
+    loop {
+        let s = status_json(&stack, "u6").await;
+        if s["thumbnails"]["ok"] == 2 {
+            assert_eq!(
+                (s["thumbnails"]["failed"].as_u64(), s["uploaded"].as_u64()),
+                (Some(0), Some(2)),
+                "{s}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "re-driven photo never succeeded: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

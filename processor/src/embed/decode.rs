@@ -1,0 +1,130 @@
+//! Photo bytes → upright RGB8 pixels, the way the reference pipeline gets them (Pillow:
+//! decode, `ImageOps.exif_transpose`, `convert("RGB")`; `bench/embed/README.md` §1).
+//!
+//! The embed stage itself takes pixels; this is for the callers that start from a file (the
+//! `bench-embed` tool, the model tests). JPEG goes through libjpeg-turbo with its default
+//! settings (ISLOW IDCT, fancy upsampling) — the decoder Pillow uses — so the pixels, and hence
+//! the detections, are identical to the reference's; other formats (and CMYK JPEGs) go through
+//! the `image` crate. EXIF orientation 2–8 is applied exactly (flips and transposes only).
+
+use super::EmbedError;
+use crate::thumbnail::jpeg::{JpegColorspace, JpegDecoder, PixelLayout};
+use crate::thumbnail::orient;
+use image::ImageDecoder;
+use schemas::FailureReason;
+
+/// A decoded, oriented photo: interleaved RGB8, `width × height`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrientedRgb {
+    /// `height * width * 3` bytes.
+    pub pixels: Vec<u8>,
+    /// Width after orientation.
+    pub width: u32,
+    /// Height after orientation.
+    pub height: u32,
+}
+
+/// Progressive-scan limit for JPEG (CPU-exhaustion guard, as in the thumbnailer).
+const MAX_JPEG_SCANS: u32 = 500;
+
+/// Decode `data` and apply its EXIF orientation. Refuses images above `max_pixels`.
+pub fn decode_oriented_rgb(data: &[u8], max_pixels: u64) -> Result<OrientedRgb, EmbedError> {
+    if data.is_empty() {
+        return Err(EmbedError::Decode {
+            reason: FailureReason::EmptyObject,
+            detail: "empty file".into(),
+        });
+    }
+    if data.starts_with(&[0xFF, 0xD8]) {
+        if let Some(img) = decode_jpeg(data, max_pixels)? {
+            return Ok(img);
+        }
+    }
+    decode_other(data, max_pixels)
+}
+
+/// libjpeg-turbo path; `None` for CMYK/YCCK data, which it cannot convert to RGB.
+fn decode_jpeg(data: &[u8], max_pixels: u64) -> Result<Option<OrientedRgb>, EmbedError> {
+    let corrupt = |e: crate::thumbnail::jpeg::JpegError| EmbedError::Decode {
+        reason: FailureReason::CorruptImage,
+        detail: format!("JPEG: {e}"),
+    };
+    let mut dec = JpegDecoder::new(max_pixels, MAX_JPEG_SCANS).map_err(corrupt)?;
+    let header = dec.read_header(data).map_err(corrupt)?;
+    if matches!(
+        header.colorspace,
+        JpegColorspace::Cmyk | JpegColorspace::Ycck
+    ) {
+        return Ok(None);
+    }
+    if (header.width as u64) * (header.height as u64) > max_pixels {
+        return Err(too_many(header.width as u64, header.height as u64));
+    }
+    let (pixels, w, h) = dec
+        .decode_scaled(data, &header, 8, PixelLayout::Rgb)
+        .map_err(corrupt)?;
+    let tag = orient::scan_jpeg_markers(data).orientation;
+    let (pixels, w, h) = orient::apply(pixels, w, h, 3, tag);
+    Ok(Some(OrientedRgb {
+        pixels,
+        width: w as u32,
+        height: h as u32,
+    }))
+}
+
+/// `image` crate path (PNG, WebP, GIF, BMP, TIFF, CMYK JPEG): alpha dropped, grey replicated.
+fn decode_other(data: &[u8], max_pixels: u64) -> Result<OrientedRgb, EmbedError> {
+    let err = |e: image::ImageError| {
+        let reason = match &e {
+            image::ImageError::Unsupported(u) => match u.kind() {
+                image::error::UnsupportedErrorKind::Format(
+                    image::error::ImageFormatHint::Unknown,
+                ) => FailureReason::NotAnImage,
+                _ => FailureReason::UnsupportedFormat,
+            },
+            image::ImageError::Limits(_) => FailureReason::TooManyPixels,
+            _ => FailureReason::CorruptImage,
+        };
+        EmbedError::Decode {
+            reason,
+            detail: e.to_string(),
+        }
+    };
+    let reader = image::ImageReader::new(std::io::Cursor::new(data))
+        .with_guessed_format()
+        .map_err(|e| EmbedError::Decode {
+            reason: FailureReason::CorruptImage,
+            detail: e.to_string(),
+        })?;
+    if reader.format().is_none() {
+        return Err(EmbedError::Decode {
+            reason: FailureReason::NotAnImage,
+            detail: "unrecognised image format".into(),
+        });
+    }
+    let mut decoder = reader.into_decoder().map_err(err)?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > max_pixels {
+        return Err(too_many(w.into(), h.into()));
+    }
+    // An unreadable orientation means "as stored", like Pillow's exif_transpose.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(err)?;
+    img.apply_orientation(orientation);
+    let rgb = img.to_rgb8();
+    let (width, height) = rgb.dimensions();
+    Ok(OrientedRgb {
+        pixels: rgb.into_raw(),
+        width,
+        height,
+    })
+}
+
+fn too_many(w: u64, h: u64) -> EmbedError {
+    EmbedError::Decode {
+        reason: FailureReason::TooManyPixels,
+        detail: format!("{w}x{h} is above the pixel limit"),
+    }
+}
