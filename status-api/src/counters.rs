@@ -18,6 +18,13 @@ const THUMB_FAILED: u8 = 4;
 const EMBED_OK: u8 = 8;
 const EMBED_FAILED: u8 = 16;
 
+/// The stages whose outcomes are counted per photo.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Thumbnail,
+    Embedding,
+}
+
 /// Ok/failed counts of one stage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StageCounts {
@@ -155,57 +162,61 @@ impl UserCounters {
         self.seq != before
     }
 
-    /// Apply a `ThumbnailDone`. A later ok replaces an earlier failure (a re-driven photo);
-    /// a failure never replaces an ok.
-    pub fn apply_thumbnail(&mut self, e: &ThumbnailDone) -> bool {
-        let before = self.seq;
-        let flags = *self.uploaded(photo_key(&e.photo_id));
-        let new = match e.status {
-            StageStatus::Ok if flags & THUMB_OK == 0 => {
-                if flags & THUMB_FAILED != 0 {
-                    self.batch.thumbnails.failed -= 1;
+    /// Record a stage outcome for a photo. A later ok replaces an earlier failure (a re-driven
+    /// photo); a failure never replaces an ok; repeats change nothing. Returns whether this was
+    /// the photo's first ok for the stage.
+    fn stage_outcome(
+        &mut self,
+        photo_id: &str,
+        status: StageStatus,
+        stage: Stage,
+        at_ms: i64,
+    ) -> bool {
+        let key = photo_key(photo_id);
+        let flags = *self.uploaded(key);
+        let (ok_bit, failed_bit) = match stage {
+            Stage::Thumbnail => (THUMB_OK, THUMB_FAILED),
+            Stage::Embedding => (EMBED_OK, EMBED_FAILED),
+        };
+        let counts = match stage {
+            Stage::Thumbnail => &mut self.batch.thumbnails,
+            Stage::Embedding => &mut self.batch.embeddings,
+        };
+        let new = match status {
+            StageStatus::Ok if flags & ok_bit == 0 => {
+                if flags & failed_bit != 0 {
+                    counts.failed -= 1;
                 }
-                self.batch.thumbnails.ok += 1;
-                (flags & !THUMB_FAILED) | THUMB_OK
+                counts.ok += 1;
+                (flags & !failed_bit) | ok_bit
             }
-            StageStatus::Failed if flags & (THUMB_OK | THUMB_FAILED) == 0 => {
-                self.batch.thumbnails.failed += 1;
-                flags | THUMB_FAILED
+            StageStatus::Failed if flags & (ok_bit | failed_bit) == 0 => {
+                counts.failed += 1;
+                flags | failed_bit
             }
             _ => flags,
         };
         if new != flags {
-            self.photos.insert(photo_key(&e.photo_id), new);
+            self.photos.insert(key, new);
             self.seq += 1;
         }
-        self.touch(e.finished_at_ms);
+        self.touch(at_ms);
+        new & ok_bit != 0 && flags & ok_bit == 0
+    }
+
+    /// Apply a `ThumbnailDone`; returns whether anything changed.
+    pub fn apply_thumbnail(&mut self, e: &ThumbnailDone) -> bool {
+        let before = self.seq;
+        self.stage_outcome(&e.photo_id, e.status, Stage::Thumbnail, e.finished_at_ms);
         self.seq != before
     }
 
-    /// Apply an `EmbeddingDone` (same rules as thumbnails; faces counted with the first ok).
+    /// Apply an `EmbeddingDone` (faces are counted with the photo's first ok).
     pub fn apply_embedding(&mut self, e: &EmbeddingDone) -> bool {
         let before = self.seq;
-        let flags = *self.uploaded(photo_key(&e.photo_id));
-        let new = match e.status {
-            StageStatus::Ok if flags & EMBED_OK == 0 => {
-                if flags & EMBED_FAILED != 0 {
-                    self.batch.embeddings.failed -= 1;
-                }
-                self.batch.embeddings.ok += 1;
-                self.batch.faces += e.faces.len() as u64;
-                (flags & !EMBED_FAILED) | EMBED_OK
-            }
-            StageStatus::Failed if flags & (EMBED_OK | EMBED_FAILED) == 0 => {
-                self.batch.embeddings.failed += 1;
-                flags | EMBED_FAILED
-            }
-            _ => flags,
-        };
-        if new != flags {
-            self.photos.insert(photo_key(&e.photo_id), new);
-            self.seq += 1;
+        if self.stage_outcome(&e.photo_id, e.status, Stage::Embedding, e.finished_at_ms) {
+            self.batch.faces += e.faces.len() as u64;
         }
-        self.touch(e.finished_at_ms);
         self.seq != before
     }
 

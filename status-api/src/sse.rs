@@ -2,7 +2,8 @@
 
 use crate::auth::TokenSigner;
 use crate::store::{Published, StatusStore};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -32,16 +33,35 @@ pub struct TokenQuery {
     pub token: Option<String>,
 }
 
+/// The `{user_id}` of the path, once the request's token has been checked for that user: a
+/// handler taking this extractor cannot forget the check.
+pub struct AuthorizedUser(pub String);
+
+impl FromRequestParts<AppState> for AuthorizedUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(user_id) = Path::<String>::from_request_parts(parts, app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Query(q) = Query::<TokenQuery>::from_request_parts(parts, app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        app.tokens
+            .authorize(&parts.headers, q.token.as_deref(), &user_id)
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self(user_id))
+    }
+}
+
 /// `GET /v1/users/{user_id}/status`
 pub async fn status(
     State(app): State<AppState>,
-    Path(user_id): Path<String>,
-    Query(q): Query<TokenQuery>,
-    headers: HeaderMap,
+    AuthorizedUser(user_id): AuthorizedUser,
 ) -> Response {
-    if let Err(e) = app.tokens.authorize(&headers, q.token.as_deref(), &user_id) {
-        return e.into_response();
-    }
     Json(app.store.snapshot(&user_id).snapshot.clone()).into_response()
 }
 
@@ -84,13 +104,9 @@ fn to_event(p: &Published) -> Event {
 /// changes in between are coalesced into the next event, which always carries full state.
 pub async fn events(
     State(app): State<AppState>,
-    Path(user_id): Path<String>,
-    Query(q): Query<TokenQuery>,
+    AuthorizedUser(user_id): AuthorizedUser,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = app.tokens.authorize(&headers, q.token.as_deref(), &user_id) {
-        return e.into_response();
-    }
     let last_seen: Option<u64> = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
