@@ -358,3 +358,61 @@ async fn sigterm_shuts_down_cleanly_and_commits() {
         "committed photo was processed again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_refuses_bad_bodies_and_ignores_other_events() {
+    let stack = stack().await;
+    let http = reqwest::Client::new();
+    let post = |body: Vec<u8>| {
+        let sig = devstack::b2::signature(SECRET.as_bytes(), &body);
+        http.post(stack.webhook_url())
+            .header("x-bz-event-notification-signature", sig)
+            .body(body)
+            .send()
+    };
+    // Oversized (signed correctly, still refused before parsing).
+    let big = vec![b' '; 300 * 1024];
+    assert_eq!(post(big).await.unwrap().status(), 413);
+    // Malformed JSON and the wrong shape.
+    assert_eq!(post(b"{not json".to_vec()).await.unwrap().status(), 400);
+    assert_eq!(
+        post(br#"{"events": 5}"#.to_vec()).await.unwrap().status(),
+        400
+    );
+    // B2's test event and other event types are acknowledged and ignored; keys outside the
+    // photo pattern are refused and listed.
+    let mut body = devstack::b2::event_body("b2:TestEvent", BUCKET, "", 0, "", "t1");
+    let other = devstack::b2::event_body(
+        "b2:ObjectDeleted:Delete",
+        BUCKET,
+        "users/u1/photos/a.jpg",
+        1,
+        "v",
+        "t2",
+    );
+    let outside = devstack::b2::event_body(
+        "b2:ObjectCreated:Upload",
+        BUCKET,
+        "users/u1/thumbs/a.jpg.jpg",
+        1,
+        "v",
+        "t3",
+    );
+    let events = body["events"].as_array_mut().unwrap();
+    events.push(other["events"][0].clone());
+    events.push(outside["events"][0].clone());
+    let reply: serde_json::Value = post(serde_json::to_vec(&body).unwrap())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["accepted"], 0, "{reply}");
+    assert_eq!(reply["ignored"], 2, "{reply}");
+    assert_eq!(reply["rejected"][0]["event_id"], "t3", "{reply}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        stack.read_topic(&stack.topics.uploaded).is_empty(),
+        "nothing may reach Kafka"
+    );
+}
