@@ -16,7 +16,8 @@ pub const TOKEN_SECRET: &str = "test-token-secret";
 
 /// `../shared/corpus` beside the repository.
 pub fn corpus() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
+    let p = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run under cargo"))
+        .join("../../shared/corpus");
     assert!(
         p.is_dir(),
         "test photos not found at {p:?}: the repository must sit beside shared/"

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod offsets;
 pub mod retry;
 pub mod server;
+pub mod stage_runner;
 pub mod storage;
 pub mod telemetry;
 pub mod thumbnail;

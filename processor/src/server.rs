@@ -9,7 +9,7 @@ use crate::keys::KeyPattern;
 use crate::retry::RetryPolicy;
 use crate::storage::{ObjectStore, StorageConfig};
 use crate::thumbnail::render::RenderOptions;
-use crate::thumbnail::{ThumbnailConfig, ThumbnailStage};
+use crate::thumbnail::{thumbnail_stage, ThumbnailConfig};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -100,7 +100,7 @@ pub async fn run(
             access_key: cfg.s3_access_key.clone(),
             secret_key: cfg.s3_secret_key.clone(),
         };
-        let stage = ThumbnailStage::new(
+        let stage = thumbnail_stage(
             ThumbnailConfig {
                 input_topic: cfg.topic_uploaded.clone(),
                 output_topic: cfg.topic_thumbnailed.clone(),

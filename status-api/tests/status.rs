@@ -407,7 +407,9 @@ async fn dlq_redrive_with_scripts_replay_turns_a_failure_into_ok() {
     // ... the object is repaired (a new version, itself a new photo), and the DLQ is re-driven
     // with scripts/replay: the failed photo is processed again and now succeeds.
     stack.upload(key, photo("S_dune_1680x1050.jpg")).await;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/replay");
+    let script =
+        std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run under cargo"))
+            .join("../scripts/replay");
     let st = Command::new(script)
         .arg("redrive-dlq")
         .env("KAFKA_BROKERS", &stack.brokers)

@@ -525,7 +525,7 @@ mod tests {
     use super::*;
 
     fn shipped(name: &str) -> Profile {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        let path = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run under cargo"))
             .join("profiles")
             .join(format!("{name}.json"));
         Profile::load(&path).unwrap_or_else(|e| panic!("{e}"))
@@ -551,7 +551,8 @@ mod tests {
 
     #[test]
     fn bad_profiles_are_clear_errors() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/arcface112.json");
+        let path = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run under cargo"))
+            .join("profiles/arcface112.json");
         let good = std::fs::read_to_string(path).unwrap();
         let bad = good.replace("\"output_dim\": 512", "\"output_dim\": 0");
         assert!(Profile::parse(&bad).unwrap_err().contains("output_dim"));

@@ -11,7 +11,7 @@ const FETCH_HINT: &str =
      (and scripts/convert-dlib for dlib128), or point MODEL_DIR at a populated model directory";
 
 fn profile_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run under cargo"))
         .join("profiles")
         .join(format!("{name}.json"))
 }

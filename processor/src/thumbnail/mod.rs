@@ -1,29 +1,18 @@
 //! The thumbnail stage: `photos.uploaded` → thumbnail JPEG in object storage → DB hook →
 //! `ThumbnailDone` on `photos.thumbnailed` (and `DeadLetter` on `photos.dlq` for failures).
 //!
-//! All of one user's photos share a partition, so records of a partition are processed
-//! concurrently (up to `max_in_flight`), served round-robin between users ([`FairQueue`]), and
-//! the committed offset only advances over the contiguous prefix of finished records
-//! ([`OffsetTracker`]). A record counts as finished only once its output events are durably in
-//! Kafka, so a crash at any point redelivers, never loses, a photo; redelivery is harmless
-//! because every output is keyed by the deterministic photo id.
+//! The consumer loop (concurrency within a partition, fairness between users, exact commits)
+//! is [`StageRunner`]; this module is the work done per photo.
 
 pub mod jpeg;
 pub mod orient;
 pub mod render;
 
-use crate::fair_queue::FairQueue;
 use crate::hook::{DbHook, HookCall};
 use crate::kafka::{EventProducer, KafkaConfig};
 use crate::keys::KeyPattern;
-use crate::offsets::{OffsetTracker, Ticket};
+use crate::stage_runner::{RunnerConfig, StageRunner, StageWork};
 use crate::storage::ObjectStore;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use render::{RenderOptions, Renderer};
 use schemas::{
     DeadLetter, Failure, FailureReason, PhotoUploaded, StageStatus, Thumbnail, ThumbnailDone,
@@ -34,7 +23,6 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Settings of the thumbnail stage.
@@ -54,8 +42,68 @@ pub struct ThumbnailConfig {
     pub shutdown_grace: Duration,
 }
 
+/// The thumbnail stage: its consumer loop around [`ThumbnailWork`].
+pub type ThumbnailStage = StageRunner<ThumbnailWork>;
+
+/// Build the thumbnail stage.
+pub fn thumbnail_stage(
+    cfg: ThumbnailConfig,
+    kafka: &KafkaConfig,
+    producer: EventProducer,
+    store: ObjectStore,
+    hook: DbHook,
+) -> anyhow::Result<ThumbnailStage> {
+    let runner = RunnerConfig {
+        input_topic: cfg.input_topic.clone(),
+        group: cfg.group.clone(),
+        group_instance_id: cfg.group_instance_id.clone(),
+        max_in_flight: cfg.max_in_flight,
+        max_buffered: cfg.max_buffered,
+        shutdown_grace: cfg.shutdown_grace,
+    };
+    let work = ThumbnailWork {
+        cpu: Semaphore::new(cfg.cpu_workers),
+        done: Mutex::new(lru::LruCache::new(
+            NonZeroUsize::new(100_000).expect("non-zero"),
+        )),
+        give_up: CancellationToken::new(),
+        cfg,
+        producer,
+        store,
+        hook,
+    };
+    StageRunner::new(runner, kafka, work)
+}
+
+impl StageWork for ThumbnailWork {
+    type Input = PhotoUploaded;
+
+    fn name(&self) -> &'static str {
+        "thumbnail"
+    }
+
+    fn user_id(input: &PhotoUploaded) -> &str {
+        &input.user_id
+    }
+
+    fn process(
+        self: Arc<Self>,
+        input: PhotoUploaded,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        async move { process(&self, input).await }
+    }
+
+    fn abandon(&self) {
+        self.give_up.cancel();
+    }
+
+    fn flush(&self) {
+        self.producer.flush(Duration::from_secs(5));
+    }
+}
+
 /// Everything a photo's processing task needs, shared between tasks.
-struct Shared {
+pub struct ThumbnailWork {
     cfg: ThumbnailConfig,
     producer: EventProducer,
     store: ObjectStore,
@@ -65,211 +113,6 @@ struct Shared {
     done: Mutex<lru::LruCache<String, ()>>,
     /// Cancelled when shutdown's grace period is over: pending deliveries give up.
     give_up: CancellationToken,
-}
-
-/// Consumer context: forgets revoked partitions' in-flight offsets and exports consumer lag.
-struct StageContext {
-    tracker: Arc<Mutex<OffsetTracker>>,
-}
-
-impl ClientContext for StageContext {
-    fn stats(&self, stats: Statistics) {
-        for (topic, t) in stats.topics {
-            for (partition, p) in t.partitions {
-                if partition >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!("kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
-                        .set(p.consumer_lag as f64);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for StageContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut tracker = self.tracker.lock().expect("tracker lock");
-            for e in tpl.elements() {
-                tracing::info!(
-                    topic = e.topic(),
-                    partition = e.partition(),
-                    "partition revoked"
-                );
-                tracker.revoke(&(e.topic().to_string(), e.partition()));
-            }
-        }
-    }
-}
-
-/// The stage: construct with [`ThumbnailStage::new`], then [`ThumbnailStage::run`] until shutdown.
-pub struct ThumbnailStage {
-    shared: Arc<Shared>,
-    consumer: StreamConsumer<StageContext>,
-    tracker: Arc<Mutex<OffsetTracker>>,
-}
-
-struct Job {
-    ticket: Ticket,
-    event: PhotoUploaded,
-}
-
-impl ThumbnailStage {
-    pub fn new(
-        cfg: ThumbnailConfig,
-        kafka: &KafkaConfig,
-        producer: EventProducer,
-        store: ObjectStore,
-        hook: DbHook,
-    ) -> anyhow::Result<Self> {
-        let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-        let mut consumer_config = kafka.client_config_with(&[
-            ("group.id", &cfg.group),
-            ("enable.auto.commit", "true"),
-            ("auto.commit.interval.ms", "1000"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("session.timeout.ms", "10000"),
-            // Also the rebalance timeout: how long a rebalance waits for a member that
-            // stopped answering. We keep polling even when busy (partitions are paused, not
-            // starved), so this can be short.
-            ("max.poll.interval.ms", "60000"),
-            ("statistics.interval.ms", "5000"),
-        ])?;
-        if let Some(id) = &cfg.group_instance_id {
-            consumer_config.set("group.instance.id", id);
-        }
-        let consumer: StreamConsumer<StageContext> =
-            consumer_config.create_with_context(StageContext {
-                tracker: tracker.clone(),
-            })?;
-        consumer.subscribe(&[&cfg.input_topic])?;
-        let shared = Arc::new(Shared {
-            cpu: Semaphore::new(cfg.cpu_workers),
-            done: Mutex::new(lru::LruCache::new(
-                NonZeroUsize::new(100_000).expect("non-zero"),
-            )),
-            give_up: CancellationToken::new(),
-            cfg,
-            producer,
-            store,
-            hook,
-        });
-        Ok(Self {
-            shared,
-            consumer,
-            tracker,
-        })
-    }
-
-    /// Consume and process until `shutdown` is cancelled, then finish (or abandon, after the
-    /// grace period) in-flight photos and commit what finished.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let cfg = &self.shared.cfg;
-        let mut queue: FairQueue<Job> = FairQueue::default();
-        let mut running: JoinSet<Option<Ticket>> = JoinSet::new();
-        let mut paused = false;
-        tracing::info!(topic = %cfg.input_topic, group = %cfg.group, "thumbnail stage consuming");
-        loop {
-            while running.len() < cfg.max_in_flight {
-                let Some(job) = queue.pop() else { break };
-                let shared = self.shared.clone();
-                running
-                    .spawn(async move { process(&shared, job.event).await.then_some(job.ticket) });
-            }
-            metrics::gauge!("photos_in_flight", "stage" => "thumbnail").set(running.len() as f64);
-            // Full: pause fetching rather than stop polling, so the group keeps us as a live member.
-            let room = queue.len() + running.len() < cfg.max_buffered;
-            if room == paused {
-                self.set_paused(!room);
-                paused = !room;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                msg = self.consumer.recv() => match msg {
-                    Ok(m) => {
-                        let ticket = self.tracker.lock().expect("tracker lock").begin((m.topic().to_string(), m.partition()), m.offset());
-                        match m.payload().map(serde_json::from_slice::<PhotoUploaded>) {
-                            Some(Ok(event)) => queue.push(&event.user_id.clone(), Job { ticket, event }),
-                            other => {
-                                // Not our schema: nothing to process or re-drive; log and move on.
-                                tracing::error!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = ?other.map(|r| r.err()), "skipping malformed record");
-                                metrics::counter!("records_malformed_total", "topic" => m.topic().to_string()).increment(1);
-                                self.finish(&ticket);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(%e, "Kafka consumer error");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                },
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok(Some(ticket)) = done {
-                        self.finish(&ticket);
-                    }
-                }
-            }
-        }
-
-        tracing::info!(
-            in_flight = running.len(),
-            queued = queue.len(),
-            "thumbnail stage stopping"
-        );
-        let deadline = tokio::time::sleep(cfg.shutdown_grace);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                done = running.join_next() => match done {
-                    Some(Ok(Some(ticket))) => self.finish(&ticket),
-                    Some(_) => {}
-                    None => break,
-                },
-                _ = &mut deadline => {
-                    tracing::warn!(abandoned = running.len(), "grace period over; abandoning in-flight photos (they will be redelivered)");
-                    self.shared.give_up.cancel();
-                    running.abort_all();
-                    break;
-                }
-            }
-        }
-        self.shared.producer.flush(Duration::from_secs(5));
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => {
-                tracing::warn!(%e, "final offset commit failed (records since the last commit will be redelivered)")
-            }
-        }
-        tracing::info!("thumbnail stage stopped");
-        Ok(())
-    }
-
-    fn set_paused(&self, pause: bool) {
-        let result = self.consumer.assignment().and_then(|tpl| {
-            if pause {
-                self.consumer.pause(&tpl)
-            } else {
-                self.consumer.resume(&tpl)
-            }
-        });
-        if let Err(e) = result {
-            tracing::warn!(%e, pause, "pausing/resuming partitions failed");
-        }
-    }
-
-    /// A record is done: advance its partition's stored offset if the finished prefix grew.
-    fn finish(&self, ticket: &Ticket) {
-        let commit = self.tracker.lock().expect("tracker lock").complete(ticket);
-        if let Some(offset) = commit {
-            let mut tpl = TopicPartitionList::new();
-            let stored = tpl
-                .add_partition_offset(&ticket.tp.0, ticket.tp.1, Offset::Offset(offset))
-                .and_then(|_| self.consumer.store_offsets(&tpl));
-            if let Err(e) = stored {
-                tracing::debug!(%e, "storing offset failed (partition likely revoked)");
-            }
-        }
-    }
 }
 
 thread_local! {
@@ -297,7 +140,7 @@ fn observe(step: &'static str, d: Duration) {
 
 /// The work for one photo, up to (not including) emitting events.
 async fn make_thumbnail(
-    shared: &Shared,
+    shared: &ThumbnailWork,
     ev: &PhotoUploaded,
     timings: &mut ThumbnailTimings,
 ) -> Result<(Thumbnail, schemas::SourceImage), Failure> {
@@ -371,7 +214,7 @@ async fn make_thumbnail(
 }
 
 /// Process one photo and deliver its events. Returns whether the record may be committed.
-async fn process(shared: &Shared, ev: PhotoUploaded) -> bool {
+async fn process(shared: &ThumbnailWork, ev: PhotoUploaded) -> bool {
     let cfg = &shared.cfg;
     if shared.done.lock().expect("lock").contains(&ev.photo_id) {
         metrics::counter!("duplicates_skipped_total", "stage" => "thumbnail").increment(1);
