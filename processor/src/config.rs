@@ -13,6 +13,8 @@ pub enum Stage {
     Ingest,
     /// `photos.uploaded` → thumbnail in object storage + `photos.thumbnailed`.
     Thumbnail,
+    /// `photos.thumbnailed` → faces and embeddings + `photos.embedded`.
+    Embed,
 }
 
 /// Everything the processor reads at start-up.
@@ -78,6 +80,30 @@ pub struct Config {
     /// name) lets a restarted replica take its partitions straight back, without a rebalance.
     #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
     pub group_instance_id: Option<String>,
+
+    /// Consumer group of the embed stage.
+    #[arg(long, env = "EMBED_GROUP", default_value = "photo-pipeline-embed")]
+    pub embed_group: String,
+
+    /// Model profile of the embed stage (see processor/profiles/README.md).
+    #[arg(
+        long,
+        env = "EMBED_PROFILE",
+        default_value = "processor/profiles/arcface112.json"
+    )]
+    pub embed_profile: std::path::PathBuf,
+
+    /// Directory with the face models (scripts/fetch-models); default ~/.cache/photo-pipeline/models.
+    #[arg(long, env = "MODEL_DIR")]
+    pub model_dir: Option<std::path::PathBuf>,
+
+    /// ONNX Runtime shared library; default $MODEL_DIR/lib/libonnxruntime.so.1.31.1.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib: Option<std::path::PathBuf>,
+
+    /// Photos embedded at once (one ONNX Runtime thread each).
+    #[arg(long, env = "EMBED_WORKERS", default_value_t = 1)]
+    pub embed_workers: usize,
 
     /// S3-compatible endpoint (Backblaze B2: https://s3.<region>.backblazeb2.com).
     #[arg(long, env = "S3_ENDPOINT", default_value = "http://127.0.0.1:9000")]

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod embed;
+pub mod embed_stage;
 pub mod fair_queue;
 pub mod hook;
 pub mod ingest;

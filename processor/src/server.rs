@@ -2,11 +2,13 @@
 //! SIGTERM/SIGINT, then shuts every stage down in order.
 
 use crate::config::{Config, Stage};
+use crate::embed_stage::{embed_stage, EmbedConfig};
 use crate::hook::DbHook;
 use crate::ingest::{self, UploadStage};
 use crate::kafka::{ensure_topics, EventProducer, KafkaConfig};
 use crate::keys::KeyPattern;
 use crate::retry::RetryPolicy;
+use crate::stage_runner::RunnerConfig;
 use crate::storage::{ObjectStore, StorageConfig};
 use crate::thumbnail::render::RenderOptions;
 use crate::thumbnail::{thumbnail_stage, ThumbnailConfig};
@@ -92,14 +94,14 @@ pub async fn run(
     }
 
     let mut stages = tokio::task::JoinSet::new();
+    let retry = RetryPolicy::with_budget(cfg.retry_budget());
+    let storage = StorageConfig {
+        endpoint: cfg.s3_endpoint.clone(),
+        region: cfg.s3_region.clone(),
+        access_key: cfg.s3_access_key.clone(),
+        secret_key: cfg.s3_secret_key.clone(),
+    };
     if cfg.runs(Stage::Thumbnail) {
-        let retry = RetryPolicy::with_budget(cfg.retry_budget());
-        let storage = StorageConfig {
-            endpoint: cfg.s3_endpoint.clone(),
-            region: cfg.s3_region.clone(),
-            access_key: cfg.s3_access_key.clone(),
-            secret_key: cfg.s3_secret_key.clone(),
-        };
         let stage = thumbnail_stage(
             ThumbnailConfig {
                 input_topic: cfg.topic_uploaded.clone(),
@@ -124,6 +126,39 @@ pub async fn run(
             producer.clone(),
             ObjectStore::new(&storage, retry, cfg.max_object_bytes),
             DbHook::new(cfg.db_hook_url.clone(), retry),
+        )?;
+        stages.spawn(stage.run(shutdown.clone()));
+    }
+    if cfg.runs(Stage::Embed) {
+        let model_dir = cfg
+            .model_dir
+            .clone()
+            .unwrap_or_else(crate::embed::default_model_dir);
+        let ort_dylib = cfg
+            .ort_dylib
+            .clone()
+            .unwrap_or_else(|| crate::embed::default_ort_dylib(&model_dir));
+        let stage = embed_stage(
+            EmbedConfig {
+                runner: RunnerConfig {
+                    input_topic: cfg.topic_thumbnailed.clone(),
+                    group: cfg.embed_group.clone(),
+                    group_instance_id: cfg.group_instance_id.clone(),
+                    max_in_flight: cfg.max_in_flight.max(1),
+                    max_buffered: cfg.max_buffered.max(cfg.max_in_flight + 1),
+                    shutdown_grace: Duration::from_secs(cfg.shutdown_grace_secs),
+                },
+                output_topic: cfg.topic_embedded.clone(),
+                dlq_topic: cfg.topic_dlq.clone(),
+                profile: cfg.embed_profile.clone(),
+                model_dir,
+                ort_dylib,
+                max_pixels: cfg.max_pixels,
+                workers: cfg.embed_workers,
+            },
+            &kafka,
+            producer.clone(),
+            ObjectStore::new(&storage, retry, cfg.max_object_bytes),
         )?;
         stages.spawn(stage.run(shutdown.clone()));
     }

@@ -162,7 +162,10 @@ impl<W: StageWork> StageRunner<W> {
                     Ok(m) => {
                         let ticket = self.tracker.lock().expect("tracker lock").begin((m.topic().to_string(), m.partition()), m.offset());
                         match m.payload().map(serde_json::from_slice::<W::Input>) {
-                            Some(Ok(event)) => queue.push(&W::user_id(&event).to_string(), Job { ticket, event }),
+                            Some(Ok(event)) => {
+                                let user = W::user_id(&event).to_owned();
+                                queue.push(&user, Job { ticket, event });
+                            }
                             other => {
                                 // Not our schema: nothing to process or re-drive; log and move on.
                                 tracing::error!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = ?other.map(|r| r.err()), "skipping malformed record");

@@ -33,6 +33,17 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "Upload event to ThumbnailDone"
     );
     metrics::describe_gauge!("photos_in_flight", "Photos being processed now");
+    metrics::describe_histogram!(
+        "embed_step_seconds",
+        metrics::Unit::Seconds,
+        "Time per embed step (decode, detect, align, embed)"
+    );
+    metrics::describe_histogram!(
+        "embed_photo_seconds",
+        metrics::Unit::Seconds,
+        "Embed stage time per photo"
+    );
+    metrics::describe_histogram!("faces_per_photo", "Faces found per photo");
     metrics::describe_counter!(
         "photos_processed_total",
         "Photos finished by a stage, by status"

@@ -416,3 +416,67 @@ async fn webhook_refuses_bad_bodies_and_ignores_other_events() {
         "nothing may reach Kafka"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photos_with_faces_get_embeddings() {
+    let models = processor::embed::default_model_dir();
+    let profile = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap())
+        .join("profiles/arcface112.json");
+    let (models_s, profile_s) = (models.display().to_string(), profile.display().to_string());
+    let stack = stack_with(vec![
+        ("PROCESSOR_STAGES", "ingest,thumbnail,embed"),
+        ("MODEL_DIR", &models_s),
+        ("EMBED_PROFILE", &profile_s),
+    ])
+    .await;
+    let images = models.join("test_images");
+    let cases = [
+        ("obama.jpg", 1usize),
+        ("t1.jpg", 6),
+        ("S_dune_1680x1050.jpg", 0),
+    ];
+    for (name, _) in cases {
+        let path = if name.starts_with("S_") {
+            corpus().join("photos").join(name)
+        } else {
+            images.join(name)
+        };
+        let body = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{path:?}: {e} (run scripts/fetch-models)"));
+        stack.upload(&format!("users/u8/photos/{name}"), body).await;
+    }
+    let done = stack
+        .wait_for_photos(&stack.topics.embedded, cases.len(), TIMEOUT)
+        .await;
+    let uploaded = stack.read_topic(&stack.topics.uploaded);
+    for (name, faces) in cases {
+        let photo_id = uploaded
+            .iter()
+            .find(|e| e["key"] == format!("users/u8/photos/{name}"))
+            .unwrap()["photo_id"]
+            .clone();
+        let e = done
+            .iter()
+            .find(|e| e["photo_id"] == photo_id)
+            .unwrap_or_else(|| panic!("no EmbeddingDone for {name}"));
+        assert_matches_schema(schemas::json_schema::EMBEDDING_DONE, e);
+        assert_eq!(e["status"], "ok", "{name}: {e}");
+        assert_eq!(e["profile"], "arcface112");
+        let got = e["faces"].as_array().unwrap();
+        assert_eq!(got.len(), faces, "{name}: faces");
+        for f in got {
+            let emb: Vec<f64> = f["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(emb.len(), 512);
+            let norm = emb.iter().map(|v| v * v).sum::<f64>().sqrt();
+            assert!(
+                (norm - 1.0).abs() < 1e-3,
+                "{name}: embedding not L2-normalised ({norm})"
+            );
+        }
+    }
+}

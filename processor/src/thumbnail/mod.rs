@@ -86,11 +86,8 @@ impl StageWork for ThumbnailWork {
         &input.user_id
     }
 
-    fn process(
-        self: Arc<Self>,
-        input: PhotoUploaded,
-    ) -> impl std::future::Future<Output = bool> + Send + 'static {
-        async move { process(&self, input).await }
+    async fn process(self: Arc<Self>, input: PhotoUploaded) -> bool {
+        process(&self, input).await
     }
 
     fn abandon(&self) {
