@@ -81,9 +81,12 @@ FROM runtime-base AS embed
 ARG ONNXRUNTIME_VERSION
 COPY --from=onnxruntime /opt/onnxruntime /opt/onnxruntime
 COPY --from=builder /out/processor /usr/local/bin/processor
+# Model profiles are small and versioned with the code (the models they name are mounted).
+COPY processor/profiles /etc/photo-pipeline/profiles
 RUN ! ldd /usr/local/bin/processor | grep 'not found' \
  && ! ldd "/opt/onnxruntime/lib/libonnxruntime.so.${ONNXRUNTIME_VERSION}" | grep 'not found'
 ENV PROCESSOR_STAGES=embed \
+    EMBED_PROFILE=/etc/photo-pipeline/profiles/arcface112.json \
     PROCESSOR_HTTP_ADDR=0.0.0.0:8081 \
     ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.${ONNXRUNTIME_VERSION} \
     MODEL_DIR=/models
