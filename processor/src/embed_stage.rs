@@ -8,19 +8,18 @@
 
 use crate::embed::{decode_oriented_rgb, FaceEmbedder};
 use crate::kafka::{EventProducer, KafkaConfig};
+use crate::outcome::{Failed, Outcomes};
 use crate::stage_runner::{RunnerConfig, StageRunner, StageWork};
 use crate::storage::ObjectStore;
 use schemas::{
-    DeadLetter, EmbeddingDone, Face, Failure, FailureReason, PhotoUploaded, StageStatus,
-    ThumbnailDone, SCHEMA_VERSION,
+    EmbeddingDone, Face, Failure, FailureReason, PhotoUploaded, StageStatus, ThumbnailDone,
+    SCHEMA_VERSION,
 };
 use std::cell::RefCell;
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 /// Settings of the embed stage.
 #[derive(Debug, Clone)]
@@ -44,11 +43,9 @@ pub type EmbedStage = StageRunner<EmbedWork>;
 pub struct EmbedWork {
     cfg: EmbedConfig,
     profile_name: String,
-    producer: EventProducer,
     store: ObjectStore,
     cpu: Semaphore,
-    done: Mutex<lru::LruCache<String, ()>>,
-    give_up: CancellationToken,
+    outcomes: Outcomes,
 }
 
 /// Build the embed stage, loading the profile, models and ONNX Runtime once up front so that
@@ -65,12 +62,13 @@ pub fn embed_stage(
     tracing::info!(profile = %profile_name, models = %cfg.model_dir.display(), "face models loaded");
     let work = EmbedWork {
         cpu: Semaphore::new(cfg.workers.max(1)),
-        done: Mutex::new(lru::LruCache::new(
-            NonZeroUsize::new(100_000).expect("non-zero"),
-        )),
-        give_up: CancellationToken::new(),
+        outcomes: Outcomes::new(
+            "embed",
+            producer,
+            cfg.output_topic.clone(),
+            cfg.dlq_topic.clone(),
+        ),
         profile_name,
-        producer,
         store,
         cfg: cfg.clone(),
     };
@@ -93,11 +91,11 @@ impl StageWork for EmbedWork {
     }
 
     fn abandon(&self) {
-        self.give_up.cancel();
+        self.outcomes.abandon();
     }
 
     fn flush(&self) {
-        self.producer.flush(Duration::from_secs(5));
+        self.outcomes.flush();
     }
 }
 
@@ -142,8 +140,7 @@ async fn process(work: &EmbedWork, ev: ThumbnailDone) -> bool {
     if ev.status != StageStatus::Ok {
         return true; // no thumbnail, no embedding: the failure is already counted and in the DLQ
     }
-    if work.done.lock().expect("lock").contains(&ev.photo_id) {
-        metrics::counter!("duplicates_skipped_total", "stage" => "embed").increment(1);
+    if work.outcomes.done_recently(&ev.photo_id) {
         return true;
     }
     let started = Instant::now();
@@ -163,57 +160,36 @@ async fn process(work: &EmbedWork, ev: ThumbnailDone) -> bool {
         uploaded_at_ms: ev.uploaded_at_ms,
         finished_at_ms: schemas::now_ms(),
     };
-    if let Some(failure) = failure {
-        tracing::warn!(photo_id = %ev.photo_id, reason = failure.reason.as_str(), detail = %failure.detail, "embedding failed");
-        metrics::counter!("photos_failed_total", "stage" => "embed", "reason" => failure.reason.as_str()).increment(1);
-        let dead = DeadLetter {
+    // Re-driving goes through the whole pipeline again, from the upload event.
+    let failed = failure.map(|failure| Failed {
+        failure,
+        original: PhotoUploaded {
             schema_version: SCHEMA_VERSION,
-            stage: "embed".into(),
             photo_id: ev.photo_id.clone(),
             user_id: ev.user_id.clone(),
-            failure,
-            // Re-driving goes through the whole pipeline again, from the upload event.
-            original: PhotoUploaded {
-                schema_version: SCHEMA_VERSION,
-                photo_id: ev.photo_id.clone(),
-                user_id: ev.user_id.clone(),
-                bucket: ev.bucket.clone(),
-                key: ev.source_key.clone(),
-                version_id: String::new(),
-                size_bytes: 0,
-                event_id: String::new(),
-                uploaded_at_ms: ev.uploaded_at_ms,
-                received_at_ms: ev.uploaded_at_ms,
-            },
-            failed_at_ms: done.finished_at_ms,
-        };
-        if work
-            .producer
-            .send_until_delivered(&work.cfg.dlq_topic, &ev.user_id, &dead, &work.give_up)
-            .await
-            .is_err()
-        {
-            return false;
-        }
-    }
-    if work
-        .producer
-        .send_until_delivered(&work.cfg.output_topic, &ev.user_id, &done, &work.give_up)
+            bucket: ev.bucket.clone(),
+            key: ev.source_key.clone(),
+            version_id: String::new(),
+            size_bytes: 0,
+            event_id: String::new(),
+            uploaded_at_ms: ev.uploaded_at_ms,
+            received_at_ms: ev.uploaded_at_ms,
+        },
+    });
+    if !work
+        .outcomes
+        .deliver(
+            &ev.user_id,
+            &ev.photo_id,
+            &done,
+            failed,
+            done.finished_at_ms,
+        )
         .await
-        .is_err()
     {
         return false;
     }
-    let label = if status == StageStatus::Ok {
-        "ok"
-    } else {
-        "failed"
-    };
-    metrics::counter!("photos_processed_total", "stage" => "embed", "status" => label).increment(1);
     metrics::histogram!("faces_per_photo").record(done.faces.len() as f64);
     metrics::histogram!("embed_photo_seconds").record(started.elapsed().as_secs_f64());
-    if status == StageStatus::Ok {
-        work.done.lock().expect("lock").put(ev.photo_id, ());
-    }
     true
 }

@@ -110,13 +110,6 @@ impl IntoResponse for IngestError {
     }
 }
 
-/// Sign a body the way B2 does (used by the B2 emulation and tests too).
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(body);
-    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 /// Constant-time check of a `v1=<hex>` signature header against the body.
 pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
     let Some(sig) = header.trim().strip_prefix("v1=") else {
@@ -270,6 +263,13 @@ pub async fn b2_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sign a body the way B2 does.
+    fn sign(secret: &[u8], body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+        mac.update(body);
+        format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+    }
 
     #[test]
     fn signatures() {

@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod keys;
 pub mod offsets;
+pub mod outcome;
 pub mod retry;
 pub mod server;
 pub mod stage_runner;

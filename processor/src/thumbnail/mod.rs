@@ -11,19 +11,18 @@ pub mod render;
 use crate::hook::{DbHook, HookCall};
 use crate::kafka::{EventProducer, KafkaConfig};
 use crate::keys::KeyPattern;
+use crate::outcome::{Failed, Outcomes};
 use crate::stage_runner::{RunnerConfig, StageRunner, StageWork};
 use crate::storage::ObjectStore;
 use render::{RenderOptions, Renderer};
 use schemas::{
-    DeadLetter, Failure, FailureReason, PhotoUploaded, StageStatus, Thumbnail, ThumbnailDone,
-    ThumbnailTimings, SCHEMA_VERSION,
+    Failure, FailureReason, PhotoUploaded, StageStatus, Thumbnail, ThumbnailDone, ThumbnailTimings,
+    SCHEMA_VERSION,
 };
 use std::cell::RefCell;
-use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 /// Settings of the thumbnail stage.
 #[derive(Debug, Clone)]
@@ -63,12 +62,13 @@ pub fn thumbnail_stage(
     };
     let work = ThumbnailWork {
         cpu: Semaphore::new(cfg.cpu_workers),
-        done: Mutex::new(lru::LruCache::new(
-            NonZeroUsize::new(100_000).expect("non-zero"),
-        )),
-        give_up: CancellationToken::new(),
+        outcomes: Outcomes::new(
+            "thumbnail",
+            producer,
+            cfg.output_topic.clone(),
+            cfg.dlq_topic.clone(),
+        ),
         cfg,
-        producer,
         store,
         hook,
     };
@@ -91,25 +91,21 @@ impl StageWork for ThumbnailWork {
     }
 
     fn abandon(&self) {
-        self.give_up.cancel();
+        self.outcomes.abandon();
     }
 
     fn flush(&self) {
-        self.producer.flush(Duration::from_secs(5));
+        self.outcomes.flush();
     }
 }
 
 /// Everything a photo's processing task needs, shared between tasks.
 pub struct ThumbnailWork {
     cfg: ThumbnailConfig,
-    producer: EventProducer,
     store: ObjectStore,
     hook: DbHook,
     cpu: Semaphore,
-    /// Photo ids finished recently: a duplicate `PhotoUploaded` is acknowledged without redoing the work.
-    done: Mutex<lru::LruCache<String, ()>>,
-    /// Cancelled when shutdown's grace period is over: pending deliveries give up.
-    give_up: CancellationToken,
+    outcomes: Outcomes,
 }
 
 thread_local! {
@@ -212,9 +208,7 @@ async fn make_thumbnail(
 
 /// Process one photo and deliver its events. Returns whether the record may be committed.
 async fn process(shared: &ThumbnailWork, ev: PhotoUploaded) -> bool {
-    let cfg = &shared.cfg;
-    if shared.done.lock().expect("lock").contains(&ev.photo_id) {
-        metrics::counter!("duplicates_skipped_total", "stage" => "thumbnail").increment(1);
+    if shared.outcomes.done_recently(&ev.photo_id) {
         return true;
     }
     let mut timings = ThumbnailTimings::default();
@@ -237,46 +231,24 @@ async fn process(shared: &ThumbnailWork, ev: PhotoUploaded) -> bool {
         uploaded_at_ms: ev.uploaded_at_ms,
         finished_at_ms: schemas::now_ms(),
     };
-    if let Some(failure) = failure {
-        tracing::warn!(photo_id = %ev.photo_id, user_id = %ev.user_id, reason = failure.reason.as_str(), detail = %failure.detail, "photo failed");
-        metrics::counter!("photos_failed_total", "stage" => "thumbnail", "reason" => failure.reason.as_str()).increment(1);
-        let dead = DeadLetter {
-            schema_version: SCHEMA_VERSION,
-            stage: "thumbnail".into(),
-            photo_id: ev.photo_id.clone(),
-            user_id: ev.user_id.clone(),
-            failure,
-            original: ev.clone(),
-            failed_at_ms: done.finished_at_ms,
-        };
-        if shared
-            .producer
-            .send_until_delivered(&cfg.dlq_topic, &ev.user_id, &dead, &shared.give_up)
-            .await
-            .is_err()
-        {
-            return false;
-        }
-    }
-    if shared
-        .producer
-        .send_until_delivered(&cfg.output_topic, &ev.user_id, &done, &shared.give_up)
+    let failed = failure.map(|failure| Failed {
+        failure,
+        original: ev.clone(),
+    });
+    if !shared
+        .outcomes
+        .deliver(
+            &ev.user_id,
+            &ev.photo_id,
+            &done,
+            failed,
+            done.finished_at_ms,
+        )
         .await
-        .is_err()
     {
         return false;
     }
-    let status_label = if status == StageStatus::Ok {
-        "ok"
-    } else {
-        "failed"
-    };
-    metrics::counter!("photos_processed_total", "stage" => "thumbnail", "status" => status_label)
-        .increment(1);
     metrics::histogram!("thumbnail_photo_seconds")
         .record((done.finished_at_ms - ev.uploaded_at_ms).max(0) as f64 / 1e3);
-    if status == StageStatus::Ok {
-        shared.done.lock().expect("lock").put(ev.photo_id, ());
-    }
     true
 }
