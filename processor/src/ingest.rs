@@ -7,11 +7,12 @@
 
 use crate::kafka::EventProducer;
 use crate::keys::KeyPattern;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use schemas::{PhotoUploaded, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,10 @@ use std::sync::{Arc, Mutex};
 pub const SIGNATURE_HEADER: &str = "x-bz-event-notification-signature";
 /// B2 sends at most 50 events a request; this bounds the body generously above that.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// An oversized body up to this size is read and discarded before the 413 goes out, so an
+/// honest client still writing its body sees the answer instead of a reset connection.
+/// Anything larger is cut off at once.
+const DRAIN_LIMIT_BYTES: usize = 4 * 1024 * 1024;
 
 /// One B2 event, as B2 sends it (camelCase). Only `eventType` is required: test events and
 /// future event types carry fewer fields.
@@ -84,6 +89,8 @@ pub enum IngestError {
     BadSignature,
     #[error("body is not a B2 event notification: {0}")]
     BadBody(String),
+    #[error("body is larger than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
     #[error("could not enqueue events, retry later: {0}")]
     Unavailable(String),
 }
@@ -93,12 +100,14 @@ impl IntoResponse for IngestError {
         let status = match self {
             Self::MissingSignature | Self::BadSignature => StatusCode::UNAUTHORIZED,
             Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let reason = match &self {
             Self::MissingSignature => "missing_signature",
             Self::BadSignature => "bad_signature",
             Self::BadBody(_) => "bad_body",
+            Self::TooLarge => "too_large",
             Self::Unavailable(_) => "unavailable",
         };
         metrics::counter!("webhook_requests_total", "outcome" => reason).increment(1);
@@ -194,12 +203,43 @@ fn to_photo(stage: &UploadStage, e: &B2Event, now: i64) -> Result<PhotoUploaded,
     })
 }
 
+/// Reads a webhook body of at most [`MAX_BODY_BYTES`]. A larger one is drained (up to
+/// [`DRAIN_LIMIT_BYTES`]) before [`IngestError::TooLarge`] is returned, so the client reads a
+/// clean 413 rather than a connection reset mid-upload.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, IngestError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT_BYTES) {
+        return Err(IngestError::TooLarge);
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| IngestError::BadBody(e.to_string()))?;
+        seen += chunk.len();
+        if seen > DRAIN_LIMIT_BYTES {
+            return Err(IngestError::TooLarge);
+        }
+        if seen <= MAX_BODY_BYTES {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        return Err(IngestError::TooLarge);
+    }
+    Ok(Bytes::from(buf))
+}
+
 /// `POST /v1/b2/events`.
 pub async fn b2_events(
     State(stage): State<Arc<UploadStage>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<IngestReply>, IngestError> {
+    let body = read_body(&headers, body).await?;
     let sig = headers
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())

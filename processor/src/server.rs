@@ -12,7 +12,7 @@ use crate::stage_runner::RunnerConfig;
 use crate::storage::{ObjectStore, StorageConfig};
 use crate::thumbnail::render::RenderOptions;
 use crate::thumbnail::{thumbnail_stage, ThumbnailConfig};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
@@ -59,7 +59,6 @@ pub async fn run(
         app = app.merge(
             Router::new()
                 .route("/v1/b2/events", post(ingest::b2_events))
-                .layer(DefaultBodyLimit::max(ingest::MAX_BODY_BYTES))
                 .with_state(stage),
         );
     }
