@@ -31,6 +31,9 @@ pub enum Command {
         #[arg(long, default_value_t = 86_400)]
         ttl_secs: u64,
     },
+    /// Print the argon2 hash of a console password (read from stdin, one line), for a
+    /// `user:hash` line of STATUS_ACCOUNTS_FILE.
+    HashPassword,
 }
 
 /// Everything the server reads at start-up.
@@ -53,6 +56,15 @@ pub struct Config {
     pub topic_thumbnailed: String,
     #[arg(long, env = "TOPIC_EMBEDDED", default_value = schemas::topics::EMBEDDED)]
     pub topic_embedded: String,
+    /// Compacted topic of runtime settings (written by the console's Settings page).
+    #[arg(long, env = "TOPIC_SETTINGS", default_value = schemas::settings::TOPIC)]
+    pub topic_settings: String,
+    /// Dead letters, for the Services page (operators).
+    #[arg(long, env = "TOPIC_DLQ", default_value = schemas::topics::DLQ)]
+    pub topic_dlq: String,
+    /// Processor heartbeats, for the Services and Dashboard pages.
+    #[arg(long, env = "TOPIC_HEARTBEATS", default_value = schemas::heartbeat::TOPIC)]
+    pub topic_heartbeats: String,
 
     /// Secret that signs user tokens (HS256). Must be the same on every replica.
     #[arg(
@@ -90,4 +102,55 @@ pub struct Config {
     /// A finished batch is closed when the user's next upload comes this much later.
     #[arg(long, env = "STATUS_BATCH_GAP_SECS", default_value_t = 1800)]
     pub batch_gap_secs: u64,
+
+    /// Console accounts: a file of `user:argon2-hash` lines (`status-api hash-password`
+    /// makes the hashes). Without it nobody can sign in to the console.
+    #[arg(long, env = "STATUS_ACCOUNTS_FILE")]
+    pub accounts_file: Option<std::path::PathBuf>,
+
+    /// Console session length (cookie and the status token it yields).
+    #[arg(long, env = "STATUS_SESSION_TTL_SECS", default_value_t = 43_200)]
+    pub session_ttl_secs: u64,
+
+    /// Mark the session cookie `Secure` (set it when the console is served over HTTPS).
+    #[arg(long, env = "STATUS_COOKIE_SECURE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub cookie_secure: bool,
+
+    /// Failed sign-ins allowed per account and client address per minute; more get 429.
+    #[arg(long, env = "STATUS_LOGIN_MAX_FAILURES", default_value_t = 5)]
+    pub login_max_failures: usize,
+
+    /// Object store the console's browsers upload to and read thumbnails from (presigned
+    /// URLs), as browsers reach it.
+    #[arg(long, env = "S3_ENDPOINT", default_value = "http://127.0.0.1:9000")]
+    pub s3_endpoint: String,
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    #[arg(long, env = "S3_BUCKET", default_value = "photos")]
+    pub s3_bucket: String,
+    #[arg(long, env = "S3_ACCESS_KEY", default_value = "local")]
+    pub s3_access_key: String,
+    #[arg(
+        long,
+        env = "S3_SECRET_KEY",
+        default_value = "localsecret",
+        hide_env_values = true
+    )]
+    pub s3_secret_key: String,
+
+    /// Where uploads go; must match the processor's PHOTO_KEY_PATTERN.
+    #[arg(
+        long,
+        env = "PHOTO_KEY_PATTERN",
+        default_value = "users/{user_id}/photos/{file}"
+    )]
+    pub photo_key_pattern: String,
+
+    /// Validity of presigned upload and thumbnail URLs.
+    #[arg(long, env = "STATUS_PRESIGN_TTL_SECS", default_value_t = 900)]
+    pub presign_ttl_secs: u64,
+
+    /// Recent photos kept per user for the console's Gallery.
+    #[arg(long, env = "STATUS_GALLERY_PER_USER", default_value_t = 500)]
+    pub gallery_per_user: usize,
 }

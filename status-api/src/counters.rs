@@ -302,6 +302,7 @@ mod tests {
             thumbnail: None,
             source: None,
             failure: None,
+            embed_input: None,
             timings: Default::default(),
             uploaded_at_ms: at,
             finished_at_ms: at,

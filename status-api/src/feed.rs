@@ -3,6 +3,8 @@
 //! user), applies the events to the [`StatusStore`], and reports ready once it has caught up
 //! with the end of every partition as it was at start-up.
 
+use crate::gallery::Gallery;
+use crate::ops::Ops;
 use crate::store::{StageEvent, StatusStore};
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
@@ -59,6 +61,8 @@ fn parse(kind: Kind, payload: &[u8]) -> Result<StageEvent, serde_json::Error> {
 pub async fn run(
     cfg: FeedConfig,
     store: Arc<StatusStore>,
+    gallery: Arc<Gallery>,
+    ops: Arc<Ops>,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -139,6 +143,8 @@ pub async fn run(
         match m.payload().map(|p| parse(kind, p)) {
             Some(Ok(event)) => {
                 store.apply(&event);
+                gallery.apply(&event);
+                ops.apply(&event);
                 metrics::counter!("events_consumed_total", "topic" => m.topic().to_string())
                     .increment(1);
             }

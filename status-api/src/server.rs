@@ -1,9 +1,16 @@
 //! Wiring: the feed, the HTTP routes, metrics, probes and shutdown.
 
+use crate::accounts::Accounts;
 use crate::auth::TokenSigner;
 use crate::config::Config;
+use crate::console::Console;
 use crate::counters::Expect;
 use crate::feed::{self, FeedConfig};
+use crate::gallery::Gallery;
+use crate::ops::{Ops, OpsState};
+use crate::presign::{PresignConfig, Presigner};
+use crate::session::{self as session, LoginLimiter, Sessions};
+use crate::settings::{self as settings, SettingsService};
 use crate::sse::{self, AppState};
 use crate::store::StatusStore;
 use axum::extract::State;
@@ -11,6 +18,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,12 +82,7 @@ pub async fn run(
         topic_thumbnailed: cfg.topic_thumbnailed.clone(),
         topic_embedded: cfg.topic_embedded.clone(),
     };
-    let feed = tokio::spawn(feed::run(
-        feed_cfg,
-        store.clone(),
-        ready.clone(),
-        shutdown.clone(),
-    ));
+    let gallery = Arc::new(Gallery::new(cfg.gallery_per_user));
 
     let app_state = AppState {
         store: store.clone(),
@@ -96,6 +99,82 @@ pub async fn run(
             header::AUTHORIZATION,
             header::HeaderName::from_static("last-event-id"),
         ]);
+    let accounts = Accounts::load(cfg.accounts_file.as_deref())?;
+    if accounts.is_empty() {
+        tracing::warn!("no console accounts (STATUS_ACCOUNTS_FILE): nobody can sign in");
+    }
+    let sessions = Arc::new(Sessions::new(
+        accounts,
+        &cfg.token_secret,
+        Duration::from_secs(cfg.session_ttl_secs.max(60)),
+        cfg.cookie_secure,
+        LoginLimiter::new(cfg.login_max_failures, Duration::from_secs(60)),
+    )?);
+    let ops = Arc::new(Ops::new(sessions.clone()));
+    let feed = tokio::spawn(feed::run(
+        feed_cfg,
+        store.clone(),
+        gallery.clone(),
+        ops.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    ));
+    let presigner = Presigner::new(PresignConfig {
+        endpoint: cfg.s3_endpoint.clone(),
+        region: cfg.s3_region.clone(),
+        access_key: cfg.s3_access_key.clone(),
+        secret_key: cfg.s3_secret_key.clone(),
+        bucket: cfg.s3_bucket.clone(),
+        photo_key_pattern: cfg.photo_key_pattern.clone(),
+        ttl: Duration::from_secs(cfg.presign_ttl_secs.max(1)),
+    });
+    let console = Console::new(
+        TokenSigner::new(cfg.token_secret.as_bytes())?,
+        presigner,
+        gallery,
+        &s3_origin(&cfg.s3_endpoint),
+    )?;
+    let mut kafka_client = rdkafka::ClientConfig::new();
+    kafka_client.set("bootstrap.servers", &cfg.kafka_brokers);
+    for opt in cfg.kafka_options.iter().filter(|o| !o.trim().is_empty()) {
+        let (k, v) = opt
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("Kafka option {opt:?} is not key=value"))?;
+        kafka_client.set(k.trim(), v.trim());
+    }
+    let settings = Arc::new(SettingsService::new(
+        kafka_client.clone(),
+        cfg.topic_settings.clone(),
+        sessions.clone(),
+    )?);
+    let settings_follower = tokio::spawn(settings.clone().follow(shutdown.clone()));
+    let ops_follower = tokio::spawn(ops.clone().follow(
+        kafka_client.clone(),
+        cfg.topic_dlq.clone(),
+        cfg.topic_heartbeats.clone(),
+        shutdown.clone(),
+    ));
+    let ops_routes = Router::new()
+        .route("/v1/ops/metrics", get(crate::ops::metrics))
+        .route("/v1/ops/services", get(crate::ops::services))
+        .with_state(OpsState {
+            ops,
+            settings: settings.clone(),
+        });
+    let settings_routes = Router::new()
+        .route(
+            "/v1/settings",
+            get(settings::get_settings).put(settings::put_settings),
+        )
+        .with_state(settings.clone());
+    let session_routes = Router::new()
+        .route(
+            "/v1/session",
+            get(session::current)
+                .post(session::login)
+                .delete(session::logout),
+        )
+        .with_state(sessions);
     let gauges_store = store.clone();
     let api = Router::new()
         .route("/v1/users/{user_id}/events", get(sse::events))
@@ -114,15 +193,24 @@ pub async fn run(
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz).with_state(ready))
-        .merge(api);
+        .merge(api)
+        .merge(session_routes)
+        .merge(settings_routes)
+        .merge(ops_routes)
+        .merge(console.router());
 
     let listener = tokio::net::TcpListener::bind(cfg.http_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "status-api listening");
     let http_shutdown = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+    .await?;
     feed.await??;
+    settings_follower.await??;
+    ops_follower.await??;
     tracing::info!("status-api stopped");
     Ok(())
 }
@@ -133,4 +221,11 @@ async fn readyz(State(ready): State<Arc<AtomicBool>>) -> (StatusCode, &'static s
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "replaying")
     }
+}
+
+/// `scheme://host[:port]` of a URL (for the console's Content-Security-Policy).
+fn s3_origin(endpoint: &str) -> String {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("http", endpoint));
+    let host = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{host}")
 }

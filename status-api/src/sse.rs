@@ -37,20 +37,28 @@ pub struct TokenQuery {
 /// handler taking this extractor cannot forget the check.
 pub struct AuthorizedUser(pub String);
 
-impl FromRequestParts<AppState> for AuthorizedUser {
+/// Route state that can check user tokens (so [`AuthorizedUser`] works on any router).
+pub trait HasTokens {
+    fn tokens(&self) -> &TokenSigner;
+}
+
+impl HasTokens for AppState {
+    fn tokens(&self) -> &TokenSigner {
+        &self.tokens
+    }
+}
+
+impl<S: HasTokens + Send + Sync> FromRequestParts<S> for AuthorizedUser {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        app: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, app: &S) -> Result<Self, Self::Rejection> {
         let Path(user_id) = Path::<String>::from_request_parts(parts, app)
             .await
             .map_err(IntoResponse::into_response)?;
         let Query(q) = Query::<TokenQuery>::from_request_parts(parts, app)
             .await
             .map_err(IntoResponse::into_response)?;
-        app.tokens
+        app.tokens()
             .authorize(&parts.headers, q.token.as_deref(), &user_id)
             .map_err(IntoResponse::into_response)?;
         Ok(Self(user_id))

@@ -1,0 +1,278 @@
+//! Runtime settings for the console's Settings page: `GET /v1/settings` shows the values in
+//! force and who changed what when; `PUT /v1/settings` validates a group's values and writes
+//! them to the compacted topic `photos.settings` (key = group), which every processor follows
+//! and applies to its next photo. status-api follows the same topic, so every replica shows
+//! the same values and history, also after a restart.
+
+use crate::session::{OperatorError, Sessions};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use schemas::settings::{GroupSettings, RuntimeSettings, SettingsChange};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Changes kept for the page's history.
+const HISTORY: usize = 50;
+
+#[derive(Default)]
+struct SettingsState {
+    current: RuntimeSettings,
+    /// Oldest first.
+    history: VecDeque<SettingsChange>,
+}
+
+impl SettingsState {
+    fn apply(&mut self, change: SettingsChange) {
+        if self.history.contains(&change) {
+            return; // written here and read back from the topic
+        }
+        self.current.apply(&change);
+        self.history.push_back(change);
+        while self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+    }
+}
+
+/// The settings topic: writer, follower and the current view.
+pub struct SettingsService {
+    client: ClientConfig,
+    producer: FutureProducer,
+    topic: String,
+    sessions: Arc<Sessions>,
+    state: RwLock<SettingsState>,
+}
+
+/// Why a settings request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Auth(#[from] OperatorError),
+    #[error("invalid setting {0}")]
+    Invalid(#[from] schemas::settings::InvalidSetting),
+    #[error("could not store the change: {0}")]
+    Kafka(String),
+}
+
+impl IntoResponse for SettingsError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            Self::Auth(e) => return e.into_response(),
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Kafka(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+/// What the Settings page shows.
+#[derive(Debug, Serialize)]
+pub struct SettingsView {
+    pub current: RuntimeSettings,
+    /// Newest first.
+    pub changes: Vec<SettingsChange>,
+}
+
+impl SettingsService {
+    /// `client`: Kafka client settings (brokers and options).
+    pub fn new(
+        client: ClientConfig,
+        topic: String,
+        sessions: Arc<Sessions>,
+    ) -> anyhow::Result<Self> {
+        let producer = client
+            .clone()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "10000")
+            .create()?;
+        Ok(Self {
+            client,
+            producer,
+            topic,
+            sessions,
+            state: RwLock::new(SettingsState::default()),
+        })
+    }
+
+    /// The values in force (for the Dashboard's alert thresholds).
+    pub fn current(&self) -> RuntimeSettings {
+        self.state.read().expect("settings lock").current.clone()
+    }
+
+    fn view(&self) -> SettingsView {
+        let s = self.state.read().expect("settings lock");
+        SettingsView {
+            current: s.current.clone(),
+            changes: s.history.iter().rev().cloned().collect(),
+        }
+    }
+
+    /// Create the topic (one partition, compacted) if missing, then follow it from the
+    /// beginning until `shutdown`.
+    pub async fn follow(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self.client.create()?;
+        let new = NewTopic::new(&self.topic, 1, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "compact");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        match admin.create_topics([&new], &opts).await {
+            Ok(results) => {
+                for r in results {
+                    if let Err((t, code)) = r {
+                        if code != RDKafkaErrorCode::TopicAlreadyExists {
+                            tracing::warn!(topic = %t, %code, "could not create the settings topic");
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(%e, "could not create the settings topic"),
+        }
+        let consumer: StreamConsumer = self
+            .client
+            .clone()
+            .set("group.id", "status-api-settings")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()?;
+        loop {
+            if let Ok(md) = consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5)) {
+                if let Some(t) = md
+                    .topics()
+                    .first()
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                {
+                    let mut tpl = TopicPartitionList::new();
+                    for p in t.partitions() {
+                        tpl.add_partition_offset(&self.topic, p.id(), Offset::Beginning)?;
+                    }
+                    consumer.assign(&tpl)?;
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                m = consumer.recv() => m,
+            };
+            match msg {
+                Ok(m) => match m.payload().map(serde_json::from_slice::<SettingsChange>) {
+                    Some(Ok(change)) if change.settings.validate().is_ok() => {
+                        self.state.write().expect("settings lock").apply(change);
+                    }
+                    Some(_) => {
+                        tracing::error!(offset = m.offset(), "skipping a bad settings record")
+                    }
+                    None => {}
+                },
+                Err(e) => {
+                    tracing::warn!(%e, "settings consumer error");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    fn user(&self, headers: &HeaderMap) -> Result<String, SettingsError> {
+        Ok(self.sessions.operator(headers)?)
+    }
+
+    /// Validate, write to the topic (waiting for the broker's ack), and apply locally.
+    pub async fn change(
+        &self,
+        user: &str,
+        settings: GroupSettings,
+    ) -> Result<SettingsChange, SettingsError> {
+        settings.validate()?;
+        let change = SettingsChange {
+            schema_version: schemas::SCHEMA_VERSION,
+            settings,
+            changed_by: user.to_string(),
+            changed_at_ms: schemas::now_ms(),
+        };
+        let payload = serde_json::to_vec(&change).expect("settings serialise");
+        self.producer
+            .send(
+                FutureRecord::to(&self.topic)
+                    .key(settings.group())
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| SettingsError::Kafka(e.to_string()))?;
+        tracing::info!(group = settings.group(), %user, ?settings, "settings changed");
+        self.state
+            .write()
+            .expect("settings lock")
+            .apply(change.clone());
+        Ok(change)
+    }
+}
+
+/// `GET /v1/settings` (operators, by session cookie)
+pub async fn get_settings(
+    State(s): State<Arc<SettingsService>>,
+    headers: HeaderMap,
+) -> Result<Json<SettingsView>, SettingsError> {
+    s.user(&headers)?;
+    Ok(Json(s.view()))
+}
+
+/// `PUT /v1/settings` (operators, by session cookie) with one group: `{"group": "faces", "values": {...}}`.
+pub async fn put_settings(
+    State(s): State<Arc<SettingsService>>,
+    headers: HeaderMap,
+    Json(settings): Json<GroupSettings>,
+) -> Result<Json<SettingsChange>, SettingsError> {
+    let user = s.user(&headers)?;
+    Ok(Json(s.change(&user, settings).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::settings::ThumbnailSettings;
+
+    #[test]
+    fn history_dedupes_read_back_changes_and_is_bounded() {
+        let mut st = SettingsState::default();
+        let c = |at| SettingsChange {
+            schema_version: 1,
+            settings: GroupSettings::Thumbnail(ThumbnailSettings {
+                max_width: 100 + at as u32,
+                max_height: 100,
+                quality: 80,
+            }),
+            changed_by: "a".into(),
+            changed_at_ms: at,
+        };
+        st.apply(c(1));
+        st.apply(c(1));
+        assert_eq!(st.history.len(), 1);
+        for at in 2..100 {
+            st.apply(c(at));
+        }
+        assert_eq!(st.history.len(), HISTORY);
+        assert_eq!(st.current.thumbnail.unwrap().max_width, 199);
+    }
+}
