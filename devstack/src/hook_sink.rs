@@ -6,8 +6,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// One received call: the idempotency key header and the JSON body.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -22,6 +23,10 @@ pub struct HookSink {
     pub calls: Arc<Mutex<Vec<HookCallRecord>>>,
     /// Answer 503 to this many calls before succeeding again.
     pub fail_next: Arc<AtomicU32>,
+    /// Answer 503 to every call until this moment (an outage; see [`HookSink::fail_for`]).
+    pub failing_until: Arc<Mutex<Option<Instant>>>,
+    /// Calls answered 503 so far (how often the processor retried).
+    pub refused: Arc<AtomicU64>,
 }
 
 impl HookSink {
@@ -35,6 +40,16 @@ impl HookSink {
         let bound = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(bound)
+    }
+
+    /// Fail every call (503) for `d` from now, then recover: the DB hook down for a while.
+    pub fn fail_for(&self, d: Duration) {
+        *self.failing_until.lock().expect("lock") = Some(Instant::now() + d);
+    }
+
+    /// Calls refused so far (by [`HookSink::fail_for`] or `fail_next`).
+    pub fn refused_calls(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// Distinct idempotency keys seen so far.
@@ -58,8 +73,14 @@ async fn receive(
     let failing = sink
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
+        .is_ok()
+        || sink
+            .failing_until
+            .lock()
+            .expect("lock")
+            .is_some_and(|t| Instant::now() < t);
     if failing {
+        sink.refused.fetch_add(1, Ordering::SeqCst);
         return StatusCode::SERVICE_UNAVAILABLE;
     }
     let idempotency_key = headers

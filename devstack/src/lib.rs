@@ -6,6 +6,7 @@
 //!   [`B2Emulation`], which sends the signed Backblaze B2 event-notification webhook for every
 //!   object created under a prefix, as B2 would.
 //! - [`HookSink`]: an HTTP endpoint standing in for the DB-update hook ("Lambda 2").
+//! - [`hostile`]: a generated corpus of hostile uploads and webhook bodies for the bad-input tests.
 //!
 //! Production uses Apache Kafka and Backblaze B2; nothing in `processor` or `status-api`
 //! depends on this crate.
@@ -13,6 +14,7 @@
 pub mod b2;
 pub mod broker;
 pub mod hook_sink;
+pub mod hostile;
 pub mod s3;
 pub mod testkit;
 

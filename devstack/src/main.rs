@@ -75,6 +75,14 @@ enum Command {
         s3: S3Args,
         files: Vec<PathBuf>,
     },
+    /// Write the hostile-input corpus (bad, truncated, bomb and odd images; hostile webhook
+    /// bodies) to DIR, with a manifest of the outcome each must have (see `devstack::hostile`).
+    HostileCorpus {
+        dir: PathBuf,
+        /// The shared test photos (`shared/corpus`); its CMYK/YCCK JPEG is a base case.
+        #[arg(long, default_value = "../shared/corpus")]
+        corpus: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -158,6 +166,14 @@ async fn main() -> anyhow::Result<()> {
                     .await?;
                 println!("uploaded s3://{}/{key}", s3.bucket);
             }
+            Ok(())
+        }
+        Command::HostileCorpus { dir, corpus } => {
+            let n = devstack::hostile::write_corpus(&dir, &corpus)?;
+            println!(
+                "wrote {n} hostile files to {} (see manifest.tsv)",
+                dir.display()
+            );
             Ok(())
         }
     }

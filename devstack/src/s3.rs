@@ -34,6 +34,8 @@ pub struct S3Config {
 pub struct Faults {
     unavailable_until: Arc<Mutex<Option<Instant>>>,
     slow_until: Arc<Mutex<Option<(Instant, Duration)>>>,
+    /// Requests answered 503 or delayed so far.
+    injected: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Faults {
@@ -45,6 +47,16 @@ impl Faults {
     /// Delay every answer by `delay` for `d`.
     pub fn slow_for(&self, d: Duration, delay: Duration) {
         *self.slow_until.lock().expect("lock") = Some((Instant::now() + d, delay));
+    }
+
+    /// Requests answered 503 or delayed so far (what the clients saw of the faults).
+    pub fn injected(&self) -> u64 {
+        self.injected.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn count(&self) {
+        self.injected
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn unavailable(&self) -> bool {
@@ -147,9 +159,11 @@ impl State {
             return Ok(cors(resp));
         }
         if let Some(d) = self.faults.delay() {
+            self.faults.count();
             tokio::time::sleep(d).await;
         }
         if self.faults.unavailable() {
+            self.faults.count();
             let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>injected outage</Message></Error>";
             let resp = Response::builder()
                 .status(StatusCode::SERVICE_UNAVAILABLE)

@@ -107,6 +107,16 @@ impl Stack {
                 .unwrap()
                 .to_string(),
         };
+        Self::start_on(processor_bin, extra_env, brokers).await
+    }
+
+    /// Start the stack against the broker at `brokers` (e.g. a
+    /// [`crate::broker::RestartableBroker`] that an outage test restarts).
+    pub async fn start_on(
+        processor_bin: impl Into<PathBuf>,
+        extra_env: Vec<(&str, &str)>,
+        brokers: String,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let processor_port = free_port();
         let notify = B2Emulation::new(
@@ -227,6 +237,12 @@ impl Stack {
                 .unwrap_or(false)
         })
         .await;
+    }
+
+    /// The directory holding the S3 server's objects (`s3/<bucket>/...`): a second S3 server
+    /// on the same directory serves the same objects (with faults of its own).
+    pub fn data_dir(&self) -> &Path {
+        self._dir.path()
     }
 
     pub fn status_url(&self) -> String {

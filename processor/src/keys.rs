@@ -14,7 +14,15 @@ pub enum KeyError {
     OutsidePattern(String),
     #[error("user id {0:?} is not 1-128 characters of [A-Za-z0-9._-]")]
     BadUserId(String),
+    #[error(
+        "key is not a valid B2 file name (over {MAX_KEY_BYTES} bytes, or has control characters)"
+    )]
+    BadKey,
 }
+
+/// B2 file names are at most 1,024 bytes of UTF-8 without characters below 32 or DEL; a key
+/// that breaks this did not come from B2 and could not be fetched from it.
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// A parsed key pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +60,9 @@ impl KeyPattern {
     /// Split a key into user and file, refusing keys outside the pattern and unsafe user ids.
     pub fn match_key(&self, key: &str) -> Result<PhotoKey, KeyError> {
         let outside = || KeyError::OutsidePattern(self.raw.clone());
+        if key.len() > MAX_KEY_BYTES || key.chars().any(|c| c < ' ' || c == '\x7f') {
+            return Err(KeyError::BadKey);
+        }
         let rest = key.strip_prefix(&self.prefix).ok_or_else(outside)?;
         let rest = rest.strip_suffix(&self.suffix).ok_or_else(outside)?;
         let (user_id, file) = rest.split_once(&self.middle).ok_or_else(outside)?;
@@ -126,6 +137,14 @@ mod tests {
             p.match_key("users/u 1/photos/a.jpg"),
             Err(KeyError::BadUserId("u 1".into()))
         );
+        for key in [
+            "users/u1/photos/a\0.jpg".to_string(),
+            "users/u1/photos/a\nb.jpg".to_string(),
+            "users/u1/photos/a\x7f.jpg".to_string(),
+            format!("users/u1/photos/{}.jpg", "a".repeat(1100)),
+        ] {
+            assert_eq!(p.match_key(&key), Err(KeyError::BadKey), "{key:?}");
+        }
         assert!(KeyPattern::parse("users/{file}/{user_id}").is_err());
         assert!(KeyPattern::parse("users/photos").is_err());
     }

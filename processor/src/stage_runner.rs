@@ -142,6 +142,7 @@ impl<W: StageWork> StageRunner<W> {
         let mut queue: FairQueue<Job<W::Input>> = FairQueue::default();
         let mut running: JoinSet<Option<Ticket>> = JoinSet::new();
         let mut paused = false;
+        let mut fatal = None;
         tracing::info!(topic = %cfg.input_topic, group = %cfg.group, stage, "stage consuming");
         loop {
             while running.len() < cfg.max_in_flight {
@@ -175,6 +176,14 @@ impl<W: StageWork> StageRunner<W> {
                         }
                     }
                     Err(e) => {
+                        // A fatal error (e.g. this static member fenced by the group) leaves the
+                        // consumer dead for good: stop, so the process exits and is restarted,
+                        // instead of staying up and processing nothing.
+                        if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                            tracing::error!(?code, %reason, stage, "Kafka consumer failed fatally; stopping the stage");
+                            fatal = Some(reason);
+                            break;
+                        }
                         tracing::warn!(%e, "Kafka consumer error");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
@@ -216,6 +225,9 @@ impl<W: StageWork> StageRunner<W> {
             Err(e) => {
                 tracing::warn!(%e, "final offset commit failed (records since the last commit will be redelivered)")
             }
+        }
+        if let Some(reason) = fatal {
+            anyhow::bail!("{stage} stage: Kafka consumer failed: {reason}");
         }
         tracing::info!(stage, "stage stopped");
         Ok(())

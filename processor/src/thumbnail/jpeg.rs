@@ -109,17 +109,38 @@ impl Drop for Handle {
 /// A reusable JPEG decoder with the safety limits applied to every image.
 pub struct JpegDecoder {
     handle: Handle,
+    max_pixels: u64,
+    max_scans: u32,
 }
 
 impl JpegDecoder {
     /// A decoder that fails on any libjpeg warning (truncated or corrupt data), refuses images
     /// above `max_pixels`, and refuses progressive files with more than `max_scans` scans.
     pub fn new(max_pixels: u64, max_scans: u32) -> Result<Self, JpegError> {
+        Ok(Self {
+            handle: Self::handle(max_pixels, max_scans)?,
+            max_pixels,
+            max_scans,
+        })
+    }
+
+    fn handle(max_pixels: u64, max_scans: u32) -> Result<Handle, JpegError> {
         let mut handle = Handle::new(raw::TJINIT_TJINIT_DECOMPRESS)?;
         handle.set(raw::TJPARAM_TJPARAM_STOPONWARNING, 1)?;
         handle.set(raw::TJPARAM_TJPARAM_SCANLIMIT, max_scans as i64)?;
         handle.set(raw::TJPARAM_TJPARAM_MAXPIXELS, max_pixels as i64)?;
-        Ok(Self { handle })
+        Ok(handle)
+    }
+
+    /// The error of the last call, after which the handle is replaced by a fresh one: a
+    /// libjpeg-turbo handle that has failed on one file (corrupt, truncated, over a limit) went
+    /// on failing every later file (found by `processor/tests/hostile.rs`).
+    fn failed(&mut self) -> JpegError {
+        let err = self.handle.error();
+        if let Ok(fresh) = Self::handle(self.max_pixels, self.max_scans) {
+            self.handle = fresh;
+        }
+        err
     }
 
     /// Parse the header only.
@@ -127,7 +148,7 @@ impl JpegDecoder {
         // SAFETY: pointer and length describe `data`, which outlives the call.
         let rc = unsafe { raw::tj3DecompressHeader(self.handle.0, data.as_ptr(), data.len() as _) };
         if rc != 0 {
-            return Err(self.handle.error());
+            return Err(self.failed());
         }
         let colorspace = match self.handle.get(raw::TJPARAM_TJPARAM_COLORSPACE) as raw::TJCS {
             raw::TJCS_TJCS_RGB => JpegColorspace::Rgb,
@@ -164,7 +185,7 @@ impl JpegDecoder {
         };
         // SAFETY: valid handle; the factor is validated by libjpeg-turbo.
         if unsafe { raw::tj3SetScalingFactor(self.handle.0, factor) } != 0 {
-            return Err(self.handle.error());
+            return Err(self.failed());
         }
         let scaled = |d: usize| (d * num as usize).div_ceil(8);
         let (w, h) = (scaled(header.width), scaled(header.height));
@@ -183,7 +204,7 @@ impl JpegDecoder {
             )
         };
         if rc != 0 {
-            return Err(self.handle.error());
+            return Err(self.failed());
         }
         Ok((pixels, w, h))
     }
