@@ -98,8 +98,12 @@ ENTRYPOINT ["/usr/local/bin/processor"]
 # picks which run in a given container.
 FROM runtime-base AS processor
 COPY --from=builder /out/processor /usr/local/bin/processor
+# The thumbnail stage makes the embed stage's input to the profile's size (docs/embed.md,
+# "Decode once"); it reads only the profile file, no models.
+COPY processor/profiles /etc/photo-pipeline/profiles
 RUN ! ldd /usr/local/bin/processor | grep 'not found'
 ENV PROCESSOR_STAGES=ingest,thumbnail \
+    EMBED_PROFILE=/etc/photo-pipeline/profiles/arcface112.json \
     PROCESSOR_HTTP_ADDR=0.0.0.0:8081
 EXPOSE 8081
 ENTRYPOINT ["/usr/local/bin/processor"]

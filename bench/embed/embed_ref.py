@@ -523,6 +523,21 @@ class Pipeline:
         dh = max(1, int(np.floor(h * s + 0.5)))
         return resize_area(img, dw, dh), w / dw, h / dh
 
+    def embed_input(self, rgb: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """The image detection and alignment run on (README §1b): the upright photo area-shrunk
+        so its longer side is embed_input.max_side, rounded half up to uint8; the photo itself
+        when the profile has no embed_input or the photo is small enough. Returns (image, sx, sy)
+        with sx = photo W / image W."""
+        cfg = self.profile.get("embed_input")
+        h, w = rgb.shape[:2]
+        if not cfg or max(w, h) <= int(cfg["max_side"]):
+            return rgb, 1.0, 1.0
+        s = int(cfg["max_side"]) / max(w, h)
+        dw = max(1, int(np.floor(w * s + 0.5)))
+        dh = max(1, int(np.floor(h * s + 0.5)))
+        small = resize_area(rgb.astype(np.float64), dw, dh)
+        return np.clip(np.floor(small + 0.5), 0, 255).astype(np.uint8), w / dw, h / dh
+
     def embed_chip(self, chip: np.ndarray) -> np.ndarray:
         rec = self.rec
         x = chip
@@ -542,6 +557,7 @@ class Pipeline:
         rgb = decode(path)
         t1 = time.perf_counter()
         h, w = rgb.shape[:2]
+        rgb, sx, sy = self.embed_input(rgb)
         if self.family == "blazeface":
             det_img = None
             boxes, pts = self.detector.detect_photo(rgb)
@@ -555,10 +571,11 @@ class Pipeline:
             pts = pts.copy()
             pts[..., 0] = (pts[..., 0] + 0.5) * fx - 0.5
             pts[..., 1] = (pts[..., 1] + 0.5) * fy - 0.5
+        pboxes, ppts = to_photo(boxes, pts, sx, sy)  # embed input -> photo pixel centres
         keep = [k for k in range(boxes.shape[0])
-                if min(boxes[k, 2] - boxes[k, 0], boxes[k, 3] - boxes[k, 1]) >= self.min_face
+                if min(pboxes[k, 2] - pboxes[k, 0], pboxes[k, 3] - pboxes[k, 1]) >= self.min_face
                 and boxes[k, 4] >= self.min_score]
-        boxes, pts = boxes[keep], pts[keep]
+        boxes, pts, pboxes, ppts = boxes[keep], pts[keep], pboxes[keep], ppts[keep]
         t2 = time.perf_counter()
         chips = []
         for k in range(boxes.shape[0]):
@@ -569,11 +586,11 @@ class Pipeline:
         t4 = time.perf_counter()
         faces = []
         for k in range(boxes.shape[0]):
-            x1, y1, x2, y2, sc = (float(v) for v in boxes[k])
+            x1, y1, x2, y2, sc = (float(v) for v in pboxes[k])
             faces.append({
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
                 "score": sc,
-                "landmarks": [[float(pts[k, i, 0]), float(pts[k, i, 1])] for i in range(pts.shape[1])],
+                "landmarks": [[float(ppts[k, i, 0]), float(ppts[k, i, 1])] for i in range(ppts.shape[1])],
                 "embedding": [float(v) for v in embs[k].astype(np.float32)],
             })
         rec = {"photo": name, "width": int(w), "height": int(h), "faces": faces,
@@ -595,6 +612,19 @@ class Pipeline:
             for k, c in enumerate(chips):
                 np.save(f"{base}.chip{k}.npy", c.astype(np.float32))
         return rec
+
+
+def to_photo(boxes: np.ndarray, pts: np.ndarray, sx: float, sy: float) -> tuple[np.ndarray, np.ndarray]:
+    """Embed-input pixel centres -> photo pixel centres (area-resize geometry)."""
+    if sx == 1.0 and sy == 1.0:
+        return boxes, pts
+    boxes = boxes.copy()
+    boxes[:, [0, 2]] = (boxes[:, [0, 2]] + 0.5) * sx - 0.5
+    boxes[:, [1, 3]] = (boxes[:, [1, 3]] + 0.5) * sy - 0.5
+    pts = pts.copy()
+    pts[..., 0] = (pts[..., 0] + 0.5) * sx - 0.5
+    pts[..., 1] = (pts[..., 1] + 0.5) * sy - 0.5
+    return boxes, pts
 
 
 def ms(a: float, b: float) -> float:

@@ -3,10 +3,14 @@
 //! `photos.embedded`, and a `DeadLetter` on `photos.dlq` for failures. Runs on the shared
 //! [`StageRunner`], so it has the same exactness under crashes as the thumbnail stage.
 //!
-//! Known gap: the original is downloaded and decoded again here; handing the thumbnail
-//! stage's decoded image over (in process, or as a derivative written once) is still to do.
+//! The image comes from the thumbnail stage's decode ([`crate::handoff`]): taken from this
+//! process's memory, or read from the derivative object named in `ThumbnailDone.embed_input`;
+//! only when neither is there is the original downloaded and decoded here. Results go to the
+//! DB-update hook too (`"event": "embeddings"`).
 
-use crate::embed::{decode_oriented_rgb, FaceEmbedder};
+use crate::embed::{decode_oriented_rgb, EmbedInput, FaceEmbedder};
+use crate::handoff::HandoffCache;
+use crate::hook::{DbHook, EmbeddingsHookCall};
 use crate::kafka::{EventProducer, KafkaConfig};
 use crate::outcome::{Failed, Outcomes};
 use crate::stage_runner::{RunnerConfig, StageRunner, StageWork};
@@ -44,6 +48,8 @@ pub struct EmbedWork {
     cfg: EmbedConfig,
     profile_name: String,
     store: ObjectStore,
+    hook: DbHook,
+    handoff_cache: Option<Arc<HandoffCache>>,
     cpu: Semaphore,
     outcomes: Outcomes,
 }
@@ -55,6 +61,8 @@ pub fn embed_stage(
     kafka: &KafkaConfig,
     producer: EventProducer,
     store: ObjectStore,
+    hook: DbHook,
+    handoff_cache: Option<Arc<HandoffCache>>,
 ) -> anyhow::Result<EmbedStage> {
     let probe = FaceEmbedder::load(&cfg.profile, &cfg.model_dir, &cfg.ort_dylib, 1)
         .map_err(|e| anyhow::anyhow!("embed stage: {e}"))?;
@@ -70,6 +78,8 @@ pub fn embed_stage(
         ),
         profile_name,
         store,
+        hook,
+        handoff_cache,
         cfg: cfg.clone(),
     };
     StageRunner::new(cfg.runner, kafka, work)
@@ -104,10 +114,25 @@ thread_local! {
     static EMBEDDER: RefCell<Option<FaceEmbedder>> = const { RefCell::new(None) };
 }
 
-fn embed_on_this_thread(cfg: &EmbedConfig, data: &[u8]) -> Result<Vec<Face>, Failure> {
-    let t = Instant::now();
-    let img = decode_oriented_rgb(data, cfg.max_pixels).map_err(|e| e.to_failure())?;
-    metrics::histogram!("embed_step_seconds", "step" => "decode").record(t.elapsed().as_secs_f64());
+/// What the embed stage works on for one photo.
+enum Source {
+    /// The embed input made by the thumbnail stage.
+    Input(Arc<EmbedInput>),
+    /// The original's bytes (no hand-off available): decoded here.
+    Original(Vec<u8>),
+}
+
+fn embed_on_this_thread(cfg: &EmbedConfig, source: Source) -> Result<Vec<Face>, Failure> {
+    let decoded = match &source {
+        Source::Original(data) => {
+            let t = Instant::now();
+            let img = decode_oriented_rgb(data, cfg.max_pixels).map_err(|e| e.to_failure())?;
+            metrics::histogram!("embed_step_seconds", "step" => "decode")
+                .record(t.elapsed().as_secs_f64());
+            Some(img)
+        }
+        Source::Input(_) => None,
+    };
     EMBEDDER.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -117,22 +142,88 @@ fn embed_on_this_thread(cfg: &EmbedConfig, data: &[u8]) -> Result<Vec<Face>, Fai
             );
         }
         let embedder = slot.as_mut().expect("just set");
-        embedder
-            .embed(&img.pixels, img.width, img.height)
-            .map_err(|e| e.to_failure())
+        match (&source, decoded) {
+            (Source::Input(input), _) => embedder.embed_input(input),
+            (_, Some(img)) => embedder.embed(&img.pixels, img.width, img.height),
+            (Source::Original(_), None) => unreachable!("originals are decoded above"),
+        }
+        .map_err(|e| e.to_failure())
     })
 }
 
+/// The photo's embed input: from memory, else the derivative, else the original. A derivative
+/// that cannot be read is not fatal (the original is the source of truth).
+async fn load_source(work: &EmbedWork, ev: &ThumbnailDone) -> Result<Source, Failure> {
+    let count = |source: &'static str| {
+        metrics::counter!("embed_input_total", "source" => source).increment(1);
+    };
+    if let Some(input) = work
+        .handoff_cache
+        .as_ref()
+        .and_then(|c| c.take(&ev.photo_id))
+    {
+        count("memory");
+        return Ok(Source::Input(input));
+    }
+    if let Some(r) = &ev.embed_input {
+        if let Some(key) = &r.key {
+            let read = match work.store.get(&ev.bucket, key).await {
+                Ok(png) => {
+                    let (sw, sh, max) = (r.source_width, r.source_height, work.cfg.max_pixels);
+                    tokio::task::spawn_blocking(move || EmbedInput::from_png(&png, sw, sh, max))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                }
+                Err(f) => Err(f.detail),
+            };
+            match read {
+                Ok(input) => {
+                    count("derivative");
+                    return Ok(Source::Input(Arc::new(input)));
+                }
+                Err(e) => tracing::info!(photo_id = %ev.photo_id, %key, error = %e,
+                    "embed input derivative unavailable; reading the original"),
+            }
+        }
+    }
+    count("original");
+    Ok(Source::Original(
+        work.store.get(&ev.bucket, &ev.source_key).await?,
+    ))
+}
+
 async fn embed_photo(work: &EmbedWork, ev: &ThumbnailDone) -> Result<Vec<Face>, Failure> {
-    let original = work.store.get(&ev.bucket, &ev.source_key).await?;
+    let source = load_source(work, ev).await?;
     let _permit = work.cpu.acquire().await.expect("semaphore never closed");
     let cfg = work.cfg.clone();
-    tokio::task::spawn_blocking(move || embed_on_this_thread(&cfg, &original))
+    tokio::task::spawn_blocking(move || embed_on_this_thread(&cfg, source))
         .await
         .map_err(|e| Failure {
             reason: FailureReason::Internal,
             detail: format!("embed task panicked: {e}"),
         })?
+}
+
+/// Embed, filter by the live settings, and tell the DB hook (a hook failure fails the photo,
+/// as for thumbnails: the app must not miss embeddings silently).
+async fn embed_and_notify(work: &EmbedWork, ev: &ThumbnailDone) -> Result<Vec<Face>, Failure> {
+    let mut faces = embed_photo(work, ev).await?;
+    crate::settings::filter_faces(&mut faces);
+    let t = Instant::now();
+    work.hook
+        .notify_embeddings(&EmbeddingsHookCall {
+            event: "embeddings",
+            photo_id: &ev.photo_id,
+            user_id: &ev.user_id,
+            bucket: &ev.bucket,
+            original_key: &ev.source_key,
+            profile: &work.profile_name,
+            faces: &faces,
+        })
+        .await?;
+    metrics::histogram!("embed_step_seconds", "step" => "hook").record(t.elapsed().as_secs_f64());
+    Ok(faces)
 }
 
 /// Embed one photo and deliver its events. Returns whether the record may be committed.
@@ -144,7 +235,7 @@ async fn process(work: &EmbedWork, ev: ThumbnailDone) -> bool {
         return true;
     }
     let started = Instant::now();
-    let result = embed_photo(work, &ev).await;
+    let result = embed_and_notify(work, &ev).await;
     let (status, faces, failure) = match result {
         Ok(faces) => (StageStatus::Ok, faces, None),
         Err(f) => (StageStatus::Failed, vec![], Some(f)),
@@ -188,6 +279,13 @@ async fn process(work: &EmbedWork, ev: ThumbnailDone) -> bool {
         .await
     {
         return false;
+    }
+    // The result is delivered: the derivative has served its purpose (a redelivery after this
+    // reads the original instead). Leftovers from crashes: a bucket lifecycle rule on the prefix.
+    if let Some(key) = ev.embed_input.as_ref().and_then(|r| r.key.as_deref()) {
+        if let Err(f) = work.store.delete(&ev.bucket, key).await {
+            tracing::warn!(%key, detail = %f.detail, "could not delete the embed input derivative");
+        }
     }
     metrics::histogram!("faces_per_photo").record(done.faces.len() as f64);
     metrics::histogram!("embed_photo_seconds").record(started.elapsed().as_secs_f64());

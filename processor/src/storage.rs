@@ -151,4 +151,23 @@ impl ObjectStore {
             detail: format!("PUT {bucket}/{key} failed after {attempts} attempts: {e}"),
         })
     }
+
+    /// Delete an object (retried like the others; deleting a missing key succeeds in S3).
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), Failure> {
+        retry(self.retry, "s3_delete", || async move {
+            self.client
+                .delete_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(classify)?;
+            Ok(())
+        })
+        .await
+        .map_err(|(e, attempts)| Failure {
+            reason: FailureReason::StorageError,
+            detail: format!("DELETE {bucket}/{key} failed after {attempts} attempts: {e}"),
+        })
+    }
 }

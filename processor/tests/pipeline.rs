@@ -417,8 +417,24 @@ async fn webhook_refuses_bad_bodies_and_ignores_other_events() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn photos_with_faces_get_embeddings() {
+/// A counter's value from the processor's Prometheus text (0 when absent).
+async fn counter(stack: &Stack, name_and_labels: &str) -> f64 {
+    let text = reqwest::get(stack.metrics_url())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// Photos with faces get embeddings, with the embed input handed over by the thumbnail stage
+/// in `handoff` mode (the original is not read again), and the DB hook hears about them.
+async fn photos_with_faces_get_embeddings(handoff: &str) {
     let models = processor::embed::default_model_dir();
     let profile = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap())
         .join("profiles/arcface112.json");
@@ -427,6 +443,7 @@ async fn photos_with_faces_get_embeddings() {
         ("PROCESSOR_STAGES", "ingest,thumbnail,embed"),
         ("MODEL_DIR", &models_s),
         ("EMBED_PROFILE", &profile_s),
+        ("EMBED_HANDOFF", handoff),
     ])
     .await;
     let images = models.join("test_images");
@@ -449,6 +466,7 @@ async fn photos_with_faces_get_embeddings() {
         .wait_for_photos(&stack.topics.embedded, cases.len(), TIMEOUT)
         .await;
     let uploaded = stack.read_topic(&stack.topics.uploaded);
+    let thumbnailed = stack.read_topic(&stack.topics.thumbnailed);
     for (name, faces) in cases {
         let photo_id = uploaded
             .iter()
@@ -478,5 +496,62 @@ async fn photos_with_faces_get_embeddings() {
                 "{name}: embedding not L2-normalised ({norm})"
             );
         }
+        // The hand-off is announced in the thumbnail event; a derivative is gone once used.
+        let t = thumbnailed
+            .iter()
+            .find(|e| e["photo_id"] == photo_id)
+            .unwrap();
+        assert_matches_schema(schemas::json_schema::THUMBNAIL_DONE, t);
+        let input = &t["embed_input"];
+        assert!(input.is_object(), "{name}: no embed_input in {t}");
+        assert!(
+            input["width"]
+                .as_u64()
+                .unwrap()
+                .max(input["height"].as_u64().unwrap())
+                <= 1280
+        );
+        match handoff {
+            "memory" => assert!(input.get("key").is_none(), "{t}"),
+            _ => {
+                let key = input["key"].as_str().expect("derivative key");
+                assert!(key.starts_with("users/u8/derived/"), "{key}");
+                wait_for(Duration::from_secs(10), "derivative deleted", || async {
+                    stack.get_object(key).await.is_none()
+                })
+                .await;
+            }
+        }
     }
+    // Every photo took the handed-over input, none re-read its original.
+    let source = |s: &str| format!("embed_input_total{{source=\"{s}\"}}");
+    assert_eq!(counter(&stack, &source(handoff)).await, cases.len() as f64);
+    assert_eq!(counter(&stack, &source("original")).await, 0.0);
+    // The DB hook got each photo's faces once (idempotency key photo_id:embeddings).
+    let calls = stack.hook.calls.lock().unwrap().clone();
+    for (name, faces) in cases {
+        let photo_id = uploaded
+            .iter()
+            .find(|e| e["key"] == format!("users/u8/photos/{name}"))
+            .unwrap()["photo_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let call = calls
+            .iter()
+            .find(|c| c.idempotency_key.as_deref() == Some(&format!("{photo_id}:embeddings")))
+            .unwrap_or_else(|| panic!("{name}: no embeddings hook call"));
+        assert_eq!(call.body["event"], "embeddings");
+        assert_eq!(call.body["faces"].as_array().unwrap().len(), faces);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_with_in_memory_handoff() {
+    photos_with_faces_get_embeddings("memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_with_derivative_handoff() {
+    photos_with_faces_get_embeddings("derivative").await;
 }

@@ -8,6 +8,9 @@
 //! All topics are keyed by user id, so one user's events stay in order on one partition.
 
 use serde::{Deserialize, Serialize};
+
+pub mod heartbeat;
+pub mod settings;
 use sha2::{Digest, Sha256};
 
 /// Version of the event format written by this build. Bump on any incompatible change.
@@ -155,6 +158,22 @@ pub struct SourceImage {
     pub orientation: u8,
 }
 
+/// Where the embed input of a photo is: in the memory of the process that made it, or in a
+/// derivative object (lossless PNG, same bucket) that the embed stage reads and deletes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedInputRef {
+    /// Derivative object key; absent when handed over in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Size of the input image.
+    pub width: u32,
+    pub height: u32,
+    /// Upright size of the original it was made from (faces are reported in these pixels).
+    pub source_width: u32,
+    pub source_height: u32,
+}
+
 /// Wall-clock milliseconds spent in each step of the thumbnail stage.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +202,10 @@ pub struct ThumbnailDone {
     /// Present when `status` is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// The embed stage's input, made from the same decode as the thumbnail; absent when the
+    /// thumbnail stage does not hand one over (the embed stage then reads the original).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_input: Option<EmbedInputRef>,
     pub timings: ThumbnailTimings,
     /// The upload event this result answers (for end-to-end latency).
     pub uploaded_at_ms: i64,
@@ -268,6 +291,8 @@ pub mod json_schema {
     pub const THUMBNAIL_DONE: &str = include_str!("../json/thumbnail_done.schema.json");
     pub const EMBEDDING_DONE: &str = include_str!("../json/embedding_done.schema.json");
     pub const DEAD_LETTER: &str = include_str!("../json/dead_letter.schema.json");
+    pub const SETTINGS_CHANGE: &str = include_str!("../json/settings_change.schema.json");
+    pub const HEARTBEAT: &str = include_str!("../json/heartbeat.schema.json");
 
     /// The schema document for a topic's events, if the topic is one of ours (default names).
     pub fn for_topic(topic: &str) -> Option<&'static str> {
@@ -276,6 +301,8 @@ pub mod json_schema {
             super::topics::THUMBNAILED => Some(THUMBNAIL_DONE),
             super::topics::EMBEDDED => Some(EMBEDDING_DONE),
             super::topics::DLQ => Some(DEAD_LETTER),
+            super::settings::TOPIC => Some(SETTINGS_CHANGE),
+            super::heartbeat::TOPIC => Some(HEARTBEAT),
             _ => None,
         }
     }

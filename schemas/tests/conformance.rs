@@ -46,6 +46,7 @@ fn thumb_failed() -> ThumbnailDone {
             reason: FailureReason::CorruptImage,
             detail: "truncated".into(),
         }),
+        embed_input: None,
         timings: ThumbnailTimings::default(),
         uploaded_at_ms: 1,
         finished_at_ms: 3,
@@ -72,6 +73,16 @@ fn all_event_shapes_validate() {
         orientation: 6,
     });
     assert_valid(json_schema::THUMBNAIL_DONE, &ok);
+    for key in [None, Some("users/u1/derived/a.jpg.embed.png".to_string())] {
+        ok.embed_input = Some(EmbedInputRef {
+            key,
+            width: 1280,
+            height: 960,
+            source_width: 4000,
+            source_height: 3000,
+        });
+        assert_valid(json_schema::THUMBNAIL_DONE, &ok);
+    }
     assert_valid(json_schema::THUMBNAIL_DONE, &thumb_failed());
     let emb = EmbeddingDone {
         schema_version: SCHEMA_VERSION,
@@ -103,6 +114,50 @@ fn all_event_shapes_validate() {
         failed_at_ms: 5,
     };
     assert_valid(json_schema::DEAD_LETTER, &dlq);
+    for settings in [
+        settings::GroupSettings::Thumbnail(settings::ThumbnailSettings {
+            max_width: 160,
+            max_height: 160,
+            quality: 85,
+        }),
+        settings::GroupSettings::Faces(settings::FaceSettings {
+            min_score: 0.97,
+            min_size_px: 48,
+        }),
+        settings::GroupSettings::Alerts(settings::AlertSettings {
+            max_lag_records: 1000,
+            max_latency_ms: 30_000,
+        }),
+    ] {
+        let change = settings::SettingsChange {
+            schema_version: SCHEMA_VERSION,
+            settings,
+            changed_by: "alice".into(),
+            changed_at_ms: 7,
+        };
+        assert_valid(json_schema::SETTINGS_CHANGE, &change);
+    }
+    let mut hb = heartbeat::Heartbeat {
+        schema_version: SCHEMA_VERSION,
+        instance_id: "host-1".into(),
+        stages: vec!["thumbnail".into(), "embed".into()],
+        config: [("thumb_quality".to_string(), "80".to_string())].into(),
+        in_flight: 3,
+        counters: [(
+            "thumbnail".to_string(),
+            heartbeat::StageCounters {
+                processed_ok: 10,
+                processed_failed: 1,
+            },
+        )]
+        .into(),
+        consumer_lag: [("photos.uploaded".to_string(), 4)].into(),
+        started_at_ms: 1,
+        sent_at_ms: 2,
+    };
+    assert_valid(json_schema::HEARTBEAT, &hb);
+    hb.consumer_lag.clear();
+    assert_valid(json_schema::HEARTBEAT, &hb);
 }
 
 #[test]

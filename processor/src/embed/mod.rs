@@ -16,6 +16,7 @@
 pub mod align;
 pub mod blazeface;
 pub mod decode;
+pub mod input;
 pub mod mtcnn;
 pub mod profile;
 pub mod recognizer;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use decode::{decode_oriented_rgb, OrientedRgb};
+pub use input::EmbedInput;
 pub use runtime::{default_model_dir, default_ort_dylib};
 
 /// Everything that can go wrong in the embed core. Each variant maps to a stable
@@ -153,6 +155,8 @@ pub struct FaceEmbedder {
     align_idx: Vec<usize>,
     template: Vec<[f64; 2]>,
     chip: Vec<f64>,
+    /// Scratch for reducing a full photo to the embed input.
+    input_resizer: Resizer,
 }
 
 impl FaceEmbedder {
@@ -203,6 +207,7 @@ impl FaceEmbedder {
             recognizer,
             align_idx,
             chip: Vec::new(),
+            input_resizer: Resizer::default(),
         })
     }
 
@@ -227,7 +232,9 @@ impl FaceEmbedder {
         self.embed_timed(rgb, width, height).map(|(faces, _)| faces)
     }
 
-    /// [`embed`](Self::embed), also returning the step durations.
+    /// [`embed`](Self::embed), also returning the step durations. The photo is first reduced
+    /// to the profile's embed input (counted as detection time), exactly as the thumbnail stage
+    /// prepares it for [`embed_input`](Self::embed_input).
     pub fn embed_timed(
         &mut self,
         rgb: &[u8],
@@ -242,8 +249,49 @@ impl FaceEmbedder {
                 w * h * 3
             )));
         }
+        let max_side = self.profile.embed_input_max_side();
+        if max_side.is_some_and(|m| w.max(h) > m as usize) {
+            let t0 = Instant::now();
+            let input =
+                EmbedInput::from_upright(rgb, width, height, max_side, &mut self.input_resizer);
+            let prep = t0.elapsed();
+            let (faces, mut timings) = self.embed_input_timed(&input)?;
+            timings.detect += prep;
+            return Ok((faces, timings));
+        }
+        self.run(rgb, w, h, (1.0, 1.0))
+    }
+
+    /// Faces in a prepared [`EmbedInput`], in the pixels of the photo it was made from.
+    pub fn embed_input(&mut self, input: &EmbedInput) -> Result<Vec<Face>, EmbedError> {
+        self.embed_input_timed(input).map(|(faces, _)| faces)
+    }
+
+    fn embed_input_timed(
+        &mut self,
+        input: &EmbedInput,
+    ) -> Result<(Vec<Face>, StepTimings), EmbedError> {
+        let (w, h) = (input.width as usize, input.height as usize);
+        if w == 0 || h == 0 || input.pixels.len() != w * h * 3 {
+            return Err(EmbedError::InvalidInput(format!(
+                "{} bytes for a {w}x{h} embed input",
+                input.pixels.len()
+            )));
+        }
+        self.run(&input.pixels, w, h, input.scale())
+    }
+
+    /// Detect, align and embed on `rgb` (`w × h`); `to_source` maps its pixels to the photo's
+    /// (filter and reported geometry use photo pixels; alignment uses `rgb`'s).
+    fn run(
+        &mut self,
+        rgb: &[u8],
+        w: usize,
+        h: usize,
+        to_source: (f64, f64),
+    ) -> Result<(Vec<Face>, StepTimings), EmbedError> {
         let t0 = Instant::now();
-        let detections = self.detect(rgb, w, h)?;
+        let detections = self.detect(rgb, w, h, to_source)?;
         let t1 = Instant::now();
 
         let (cw, ch) = self.recognizer.chip_size();
@@ -262,6 +310,7 @@ impl FaceEmbedder {
         let mut faces = Vec::with_capacity(chips.len());
         for (det, chip) in &chips {
             let embedding = self.recognizer.embed(chip)?;
+            let det = map_detection(det, to_source);
             let [x1, y1, x2, y2] = det.bbox;
             faces.push(Face {
                 bbox: [x1 as f32, y1 as f32, (x2 - x1) as f32, (y2 - y1) as f32],
@@ -292,7 +341,13 @@ impl FaceEmbedder {
 
     /// Detector image (area-shrunk to `max_image_side` when larger), detection, mapping back
     /// to photo pixel centres, and the profile's size/score filter.
-    fn detect(&mut self, rgb: &[u8], w: usize, h: usize) -> Result<Vec<Detection>, EmbedError> {
+    fn detect(
+        &mut self,
+        rgb: &[u8],
+        w: usize,
+        h: usize,
+        to_source: (f64, f64),
+    ) -> Result<Vec<Detection>, EmbedError> {
         let photo = View {
             data: rgb,
             width: w,
@@ -342,10 +397,28 @@ impl FaceEmbedder {
         };
         let (min_face, min_score) = (self.profile.min_face_size, self.profile.min_det_score);
         dets.retain(|d| {
-            (d.bbox[2] - d.bbox[0]).min(d.bbox[3] - d.bbox[1]) >= min_face && d.score >= min_score
+            let b = map_detection(d, to_source).bbox;
+            (b[2] - b[0]).min(b[3] - b[1]) >= min_face && d.score >= min_score
         });
         Ok(dets)
     }
+}
+
+/// A detection in embed-input pixel centres → photo pixel centres (area-resize geometry, as
+/// for the detector image); the identity for a full-size input.
+fn map_detection(d: &Detection, (fx, fy): (f64, f64)) -> Detection {
+    let mut d = d.clone();
+    if fx != 1.0 || fy != 1.0 {
+        for k in [0, 2] {
+            d.bbox[k] = (d.bbox[k] + 0.5) * fx - 0.5;
+            d.bbox[k + 1] = (d.bbox[k + 1] + 0.5) * fy - 0.5;
+        }
+        for p in &mut d.landmarks {
+            p[0] = (p[0] + 0.5) * fx - 0.5;
+            p[1] = (p[1] + 0.5) * fy - 0.5;
+        }
+    }
+    d
 }
 
 /// Model files a profile needs, relative to the model directory.

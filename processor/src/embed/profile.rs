@@ -49,6 +49,24 @@ pub struct Profile {
     pub min_face_size: f64,
     /// ... and its detector score `>=` this.
     pub min_det_score: f64,
+    /// The image the stage works on (detection and alignment); absent = the full photo.
+    #[serde(default)]
+    pub embed_input: Option<EmbedInputConfig>,
+}
+
+/// How the embed input is made from the upright photo (`embed::input`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedInputConfig {
+    /// Area-shrink the photo so that its longer side is at most this (never enlarged).
+    pub max_side: u32,
+}
+
+impl Profile {
+    /// `embed_input.max_side`, if the profile reduces its input.
+    pub fn embed_input_max_side(&self) -> Option<u32> {
+        self.embed_input.map(|c| c.max_side)
+    }
 }
 
 /// Detector settings, tagged by `family`.
@@ -356,6 +374,14 @@ impl Profile {
             return Err("name is empty".into());
         }
         finite_nonneg("min_face_size", self.min_face_size)?;
+        if let Some(c) = self.embed_input {
+            if !(64..=16384).contains(&c.max_side) {
+                return Err(format!(
+                    "embed_input.max_side {} is out of range 64..=16384",
+                    c.max_side
+                ));
+            }
+        }
         if !self.min_det_score.is_finite() {
             return Err("min_det_score must be a finite number".into());
         }

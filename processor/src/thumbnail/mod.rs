@@ -8,6 +8,8 @@ pub mod jpeg;
 pub mod orient;
 pub mod render;
 
+use crate::embed::EmbedInput;
+use crate::handoff::{HandoffCache, HandoffMode};
 use crate::hook::{DbHook, HookCall};
 use crate::kafka::{EventProducer, KafkaConfig};
 use crate::keys::KeyPattern;
@@ -16,8 +18,8 @@ use crate::stage_runner::{RunnerConfig, StageRunner, StageWork};
 use crate::storage::ObjectStore;
 use render::{RenderOptions, Renderer};
 use schemas::{
-    Failure, FailureReason, PhotoUploaded, StageStatus, Thumbnail, ThumbnailDone, ThumbnailTimings,
-    SCHEMA_VERSION,
+    EmbedInputRef, Failure, FailureReason, PhotoUploaded, StageStatus, Thumbnail, ThumbnailDone,
+    ThumbnailTimings, SCHEMA_VERSION,
 };
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -35,6 +37,12 @@ pub struct ThumbnailConfig {
     pub photo_keys: KeyPattern,
     pub thumb_keys: KeyPattern,
     pub render: RenderOptions,
+    /// How the embed input is handed to the embed stage (none = thumbnail-only fast path).
+    pub handoff: HandoffMode,
+    /// The embed profile's `embed_input.max_side` (the input is made to it).
+    pub embed_max_side: Option<u32>,
+    /// Where embed-input derivatives are written.
+    pub derived_keys: KeyPattern,
     pub max_in_flight: usize,
     pub max_buffered: usize,
     pub cpu_workers: usize,
@@ -51,6 +59,7 @@ pub fn thumbnail_stage(
     producer: EventProducer,
     store: ObjectStore,
     hook: DbHook,
+    handoff_cache: Option<Arc<HandoffCache>>,
 ) -> anyhow::Result<ThumbnailStage> {
     let runner = RunnerConfig {
         input_topic: cfg.input_topic.clone(),
@@ -71,6 +80,7 @@ pub fn thumbnail_stage(
         cfg,
         store,
         hook,
+        handoff_cache,
     };
     StageRunner::new(runner, kafka, work)
 }
@@ -106,6 +116,7 @@ pub struct ThumbnailWork {
     hook: DbHook,
     cpu: Semaphore,
     outcomes: Outcomes,
+    handoff_cache: Option<Arc<HandoffCache>>,
 }
 
 thread_local! {
@@ -113,13 +124,25 @@ thread_local! {
     static RENDERER: RefCell<Option<Renderer>> = const { RefCell::new(None) };
 }
 
-fn render_on_this_thread(opts: RenderOptions, data: &[u8]) -> Result<render::Rendered, Failure> {
+/// Render on this blocking thread's renderer; with `embed = Some(max_side)` also make the
+/// embed input from the same decode.
+fn render_on_this_thread(
+    opts: RenderOptions,
+    data: &[u8],
+    embed: Option<Option<u32>>,
+) -> Result<(render::Rendered, Option<EmbedInput>), Failure> {
     RENDERER.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().map(|r| r.options()) != Some(opts) {
             *slot = Some(Renderer::new(opts)?);
         }
-        slot.as_mut().expect("just set").render(data)
+        let renderer = slot.as_mut().expect("just set");
+        match embed {
+            None => renderer.render(data).map(|r| (r, None)),
+            Some(max_side) => renderer
+                .render_with_embed_input(data, max_side)
+                .map(|(r, input)| (r, Some(input))),
+        }
     })
 }
 
@@ -136,7 +159,7 @@ async fn make_thumbnail(
     shared: &ThumbnailWork,
     ev: &PhotoUploaded,
     timings: &mut ThumbnailTimings,
-) -> Result<(Thumbnail, schemas::SourceImage), Failure> {
+) -> Result<(Thumbnail, schemas::SourceImage, Option<EmbedInputRef>), Failure> {
     let cfg = &shared.cfg;
     let file = cfg.photo_keys.match_key(&ev.key).map_err(|e| Failure {
         reason: FailureReason::Internal,
@@ -151,13 +174,15 @@ async fn make_thumbnail(
 
     let t = Instant::now();
     let permit = shared.cpu.acquire().await.expect("semaphore never closed");
-    let opts = cfg.render;
-    let rendered = tokio::task::spawn_blocking(move || render_on_this_thread(opts, &original))
-        .await
-        .map_err(|e| Failure {
-            reason: FailureReason::Internal,
-            detail: format!("render task panicked: {e}"),
-        })??;
+    let opts = crate::settings::render_options(cfg.render);
+    let embed = (cfg.handoff != HandoffMode::None).then_some(cfg.embed_max_side);
+    let (rendered, embed_input) =
+        tokio::task::spawn_blocking(move || render_on_this_thread(opts, &original, embed))
+            .await
+            .map_err(|e| Failure {
+                reason: FailureReason::Internal,
+                detail: format!("render task panicked: {e}"),
+            })??;
     drop(permit);
     timings.decode_resize_encode_ms = t.elapsed().as_secs_f64() * 1e3;
     observe("decode", rendered.decode);
@@ -203,7 +228,61 @@ async fn make_thumbnail(
         .await?;
     observe("hook", t.elapsed());
     timings.hook_ms = t.elapsed().as_secs_f64() * 1e3;
-    Ok((thumbnail, rendered.source))
+    let handed = match embed_input {
+        Some(input) => hand_off(shared, ev, &file.file, input).await,
+        None => None,
+    };
+    Ok((thumbnail, rendered.source, handed))
+}
+
+/// Hand the embed input over: into this process's cache when it fits (memory mode), else as a
+/// derivative object. A failed hand-off is not a failed photo: the embed stage then reads the
+/// original (counted in `embed_handoff_total{result="failed"}`).
+async fn hand_off(
+    shared: &ThumbnailWork,
+    ev: &PhotoUploaded,
+    file: &str,
+    input: EmbedInput,
+) -> Option<EmbedInputRef> {
+    let mut reference = EmbedInputRef {
+        key: None,
+        width: input.width,
+        height: input.height,
+        source_width: input.source_width,
+        source_height: input.source_height,
+    };
+    let input = Arc::new(input);
+    if shared.cfg.handoff == HandoffMode::Memory {
+        if let Some(cache) = &shared.handoff_cache {
+            if cache.insert(&ev.photo_id, input.clone()) {
+                metrics::counter!("embed_handoff_total", "result" => "memory").increment(1);
+                return Some(reference);
+            }
+        }
+    }
+    let t = Instant::now();
+    let permit = shared.cpu.acquire().await.expect("semaphore never closed");
+    let png = tokio::task::spawn_blocking(move || input.to_png()).await;
+    drop(permit);
+    let png = match png {
+        Ok(Ok(png)) => png,
+        Ok(Err(e)) => return handoff_failed(ev, &e),
+        Err(e) => return handoff_failed(ev, &e.to_string()),
+    };
+    let key = shared.cfg.derived_keys.render(&ev.user_id, file);
+    if let Err(f) = shared.store.put(&ev.bucket, &key, png, "image/png").await {
+        return handoff_failed(ev, &f.detail);
+    }
+    observe("handoff", t.elapsed());
+    metrics::counter!("embed_handoff_total", "result" => "derivative").increment(1);
+    reference.key = Some(key);
+    Some(reference)
+}
+
+fn handoff_failed(ev: &PhotoUploaded, detail: &str) -> Option<EmbedInputRef> {
+    tracing::warn!(photo_id = %ev.photo_id, %detail, "embed input hand-off failed; the embed stage will read the original");
+    metrics::counter!("embed_handoff_total", "result" => "failed").increment(1);
+    None
 }
 
 /// Process one photo and deliver its events. Returns whether the record may be committed.
@@ -213,9 +292,9 @@ async fn process(shared: &ThumbnailWork, ev: PhotoUploaded) -> bool {
     }
     let mut timings = ThumbnailTimings::default();
     let result = make_thumbnail(shared, &ev, &mut timings).await;
-    let (status, thumbnail, source, failure) = match result {
-        Ok((t, s)) => (StageStatus::Ok, Some(t), Some(s), None),
-        Err(f) => (StageStatus::Failed, None, None, Some(f)),
+    let (status, thumbnail, source, embed_input, failure) = match result {
+        Ok((t, s, e)) => (StageStatus::Ok, Some(t), Some(s), e, None),
+        Err(f) => (StageStatus::Failed, None, None, None, Some(f)),
     };
     let done = ThumbnailDone {
         schema_version: SCHEMA_VERSION,
@@ -227,6 +306,7 @@ async fn process(shared: &ThumbnailWork, ev: PhotoUploaded) -> bool {
         thumbnail,
         source,
         failure: failure.clone(),
+        embed_input,
         timings,
         uploaded_at_ms: ev.uploaded_at_ms,
         finished_at_ms: schemas::now_ms(),

@@ -6,6 +6,8 @@
 
 use super::jpeg::{JpegColorspace, JpegDecoder, JpegEncoder, PixelLayout};
 use super::orient;
+use crate::embed::resize::Resizer as AreaResizer;
+use crate::embed::EmbedInput;
 use fast_image_resize as fr;
 use schemas::{Failure, FailureReason, SourceImage};
 use std::io::Cursor;
@@ -166,6 +168,8 @@ pub struct Renderer {
     jpeg_decoder: JpegDecoder,
     jpeg_encoder: JpegEncoder,
     resizer: fr::Resizer,
+    /// The embed input's exact area resampler.
+    area: AreaResizer,
 }
 
 impl Renderer {
@@ -176,6 +180,7 @@ impl Renderer {
             jpeg_decoder: JpegDecoder::new(opts.max_pixels, MAX_JPEG_SCANS).map_err(internal)?,
             jpeg_encoder: JpegEncoder::new(opts.quality).map_err(internal)?,
             resizer: fr::Resizer::new(),
+            area: AreaResizer::default(),
         })
     }
 
@@ -185,6 +190,27 @@ impl Renderer {
 
     /// Render one photo.
     pub fn render(&mut self, data: &[u8]) -> Result<Rendered, Failure> {
+        self.render_inner(data, None).map(|(rendered, _)| rendered)
+    }
+
+    /// Render one photo *and* make the embed stage's input from the same decode (see
+    /// `embed::input`): JPEGs are then decoded at full size (no DCT shrink: the embed input
+    /// must be the reference's pixels), oriented, area-shrunk to `embed_max_side`, and the
+    /// thumbnail is resized from that input when it is large enough (else from the photo).
+    pub fn render_with_embed_input(
+        &mut self,
+        data: &[u8],
+        embed_max_side: Option<u32>,
+    ) -> Result<(Rendered, EmbedInput), Failure> {
+        let (rendered, input) = self.render_inner(data, Some(embed_max_side))?;
+        Ok((rendered, input.expect("embed input requested")))
+    }
+
+    fn render_inner(
+        &mut self,
+        data: &[u8],
+        embed: Option<Option<u32>>,
+    ) -> Result<(Rendered, Option<EmbedInput>), Failure> {
         if data.is_empty() {
             return Err(fail(
                 FailureReason::EmptyObject,
@@ -199,7 +225,7 @@ impl Renderer {
         })?;
         let start = Instant::now();
         let decoded = match format {
-            Format::Jpeg => self.decode_jpeg(data)?,
+            Format::Jpeg => self.decode_jpeg(data, embed.is_some())?,
             Format::Heic | Format::Avif => {
                 return Err(fail(
                     FailureReason::UnsupportedFormat,
@@ -222,12 +248,34 @@ impl Renderer {
             target,
             source,
         } = decoded;
-        let (rgb, w, h) = if (width, height) == target {
-            (rgb, width, height)
-        } else {
-            (self.resize(rgb, width, height, target)?, target.0, target.1)
+        let (rgb, w, h, input) = match embed {
+            None => {
+                let (rgb, w, h) = if (width, height) == target {
+                    (rgb, width, height)
+                } else {
+                    (self.resize(rgb, width, height, target)?, target.0, target.1)
+                };
+                let (rgb, w, h) = orient::apply(rgb, w, h, 3, source.orientation);
+                (rgb, w, h, None)
+            }
+            Some(max_side) => {
+                let (up, uw, uh) = orient::apply(rgb, width, height, 3, source.orientation);
+                let input =
+                    EmbedInput::from_upright(&up, uw as u32, uh as u32, max_side, &mut self.area);
+                let target = if orient::swaps_axes(source.orientation) {
+                    (target.1, target.0)
+                } else {
+                    target
+                };
+                let (iw, ih) = (input.width as usize, input.height as usize);
+                let rgb = if (iw, ih) != (uw, uh) && iw >= target.0 && ih >= target.1 {
+                    self.resize_or_keep(input.pixels.clone(), iw, ih, target)?
+                } else {
+                    self.resize_or_keep(up, uw, uh, target)?
+                };
+                (rgb, target.0, target.1, Some(input))
+            }
         };
-        let (rgb, w, h) = orient::apply(rgb, w, h, 3, source.orientation);
         let resize = start.elapsed();
 
         let start = Instant::now();
@@ -235,7 +283,7 @@ impl Renderer {
             .jpeg_encoder
             .encode_rgb(&rgb, w, h)
             .map_err(|e| fail(FailureReason::Internal, format!("JPEG encode failed: {e}")))?;
-        Ok(Rendered {
+        let rendered = Rendered {
             jpeg,
             width: w as u32,
             height: h as u32,
@@ -243,7 +291,22 @@ impl Renderer {
             decode,
             resize,
             encode: start.elapsed(),
-        })
+        };
+        Ok((rendered, input))
+    }
+
+    fn resize_or_keep(
+        &mut self,
+        rgb: Vec<u8>,
+        w: usize,
+        h: usize,
+        target: (usize, usize),
+    ) -> Result<Vec<u8>, Failure> {
+        if (w, h) == target {
+            Ok(rgb)
+        } else {
+            self.resize(rgb, w, h, target)
+        }
     }
 
     /// Final size in stored (pre-orientation) axes for a stored image of `w`×`h`.
@@ -282,7 +345,8 @@ impl Renderer {
         Ok(())
     }
 
-    fn decode_jpeg(&mut self, data: &[u8]) -> Result<Decoded, Failure> {
+    /// `full`: decode at full size (for the embed input), else shrink on load.
+    fn decode_jpeg(&mut self, data: &[u8], full: bool) -> Result<Decoded, Failure> {
         let header = self.jpeg_decoder.read_header(data).map_err(|e| {
             let too_big = e.0.contains("exceeds") || e.0.contains("limit");
             if too_big {
@@ -297,7 +361,11 @@ impl Renderer {
         self.check_pixels(header.width as u64, header.height as u64)?;
         let markers = orient::scan_jpeg_markers(data);
         let target = self.stored_target(header.width, header.height, markers.orientation);
-        let num = shrink_on_load(header.width, header.height, target);
+        let num = if full {
+            8
+        } else {
+            shrink_on_load(header.width, header.height, target)
+        };
         // At 1/8 scale only the DC coefficient of each block matters: a progressive file's DC
         // scans carry all of it, so its AC scans (most of the file) need not be decoded.
         let dc_only = if num == 1 && header.progressive {
