@@ -83,6 +83,7 @@ fn event(user: usize, seq: u64) -> ThumbnailDone {
         thumbnail: None,
         source: None,
         failure: None,
+        embed_input: None,
         timings: ThumbnailTimings::default(),
         uploaded_at_ms: now,
         finished_at_ms: now,

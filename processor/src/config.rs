@@ -67,6 +67,12 @@ pub struct Config {
     pub topic_embedded: String,
     #[arg(long, env = "TOPIC_DLQ", default_value = schemas::topics::DLQ)]
     pub topic_dlq: String,
+    /// Compacted topic of runtime settings changed on the console (followed live).
+    #[arg(long, env = "TOPIC_SETTINGS", default_value = schemas::settings::TOPIC)]
+    pub topic_settings: String,
+    /// Topic of instance heartbeats (stages, configuration, counters) for the console.
+    #[arg(long, env = "TOPIC_HEARTBEATS", default_value = schemas::heartbeat::TOPIC)]
+    pub topic_heartbeats: String,
 
     /// Consumer group of the thumbnail stage.
     #[arg(
@@ -101,9 +107,31 @@ pub struct Config {
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib: Option<std::path::PathBuf>,
 
-    /// Photos embedded at once (one ONNX Runtime thread each).
-    #[arg(long, env = "EMBED_WORKERS", default_value_t = 1)]
-    pub embed_workers: usize,
+    /// Photos embedded at once, one ONNX Runtime thread each; default = CPU_WORKERS (cores).
+    /// Measured on 2 cores: 2 photos × 1 thread gave 4.6 photos/s, 1 photo × 2 threads 2.4
+    /// (docs/embed.md, "Threads").
+    #[arg(long, env = "EMBED_WORKERS")]
+    pub embed_workers: Option<usize>,
+
+    /// How the thumbnail stage hands its decoded image to the embed stage (docs/embed.md,
+    /// "Decode once"): `memory` (embed runs in this process), `derivative` (a lossless PNG
+    /// object read by a separate embed deployment) or `none` (embed reads the original).
+    /// Default: `memory` when this process also runs the embed stage, else `derivative`.
+    #[arg(long, env = "EMBED_HANDOFF", value_enum)]
+    pub embed_handoff: Option<crate::handoff::HandoffMode>,
+
+    /// Memory for embed inputs waiting in process (`memory` hand-off); beyond it, derivatives.
+    #[arg(long, env = "EMBED_HANDOFF_MEMORY_MB", default_value_t = 512)]
+    pub embed_handoff_memory_mb: usize,
+
+    /// Where embed-input derivatives are written; `{user_id}` and `{file}` from the photo key.
+    /// Keep it outside the photo pattern (and the B2 notification rule's prefix).
+    #[arg(
+        long,
+        env = "DERIVED_KEY_PATTERN",
+        default_value = "users/{user_id}/derived/{file}.embed.png"
+    )]
+    pub derived_key_pattern: String,
 
     /// S3-compatible endpoint (Backblaze B2: https://s3.<region>.backblazeb2.com).
     #[arg(long, env = "S3_ENDPOINT", default_value = "http://127.0.0.1:9000")]
@@ -193,8 +221,25 @@ impl Config {
         self.stages.contains(&stage)
     }
 
+    /// The hand-off mode, with the default resolved from the stages this process runs.
+    pub fn handoff_mode(&self) -> crate::handoff::HandoffMode {
+        use crate::handoff::HandoffMode;
+        self.embed_handoff.unwrap_or(if self.runs(Stage::Embed) {
+            HandoffMode::Memory
+        } else {
+            HandoffMode::Derivative
+        })
+    }
+
     pub fn retry_budget(&self) -> Duration {
         Duration::from_secs(self.retry_budget_secs)
+    }
+
+    /// Photos the embed stage works on at once.
+    pub fn embed_workers(&self) -> usize {
+        self.embed_workers
+            .unwrap_or_else(|| self.cpu_workers())
+            .max(1)
     }
 
     pub fn cpu_workers(&self) -> usize {

@@ -3,6 +3,7 @@
 
 use crate::config::{Config, Stage};
 use crate::embed_stage::{embed_stage, EmbedConfig};
+use crate::handoff::{HandoffCache, HandoffMode};
 use crate::hook::DbHook;
 use crate::ingest::{self, UploadStage};
 use crate::kafka::{ensure_topics, EventProducer, KafkaConfig};
@@ -41,6 +42,7 @@ pub async fn run(
     let producer = EventProducer::new(&kafka)?;
     let ready = Readiness::default();
 
+    let heartbeat_metrics = metrics.clone();
     let mut app = Router::new()
         .route(
             "/metrics",
@@ -93,6 +95,27 @@ pub async fn run(
     }
 
     let mut stages = tokio::task::JoinSet::new();
+    if cfg.runs(Stage::Thumbnail) || cfg.runs(Stage::Embed) {
+        if cfg.create_topics {
+            let created =
+                crate::settings::ensure_topic(&kafka, &cfg.topic_settings, cfg.topic_replication)
+                    .await;
+            if let Err(e) = created {
+                tracing::warn!(%e, "no settings topic yet; following it once it exists");
+            }
+        }
+        tokio::spawn(crate::settings::follow(
+            kafka.clone(),
+            cfg.topic_settings.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(crate::heartbeat::run(
+        crate::heartbeat::HeartbeatConfig::from_processor(&cfg),
+        kafka.clone(),
+        heartbeat_metrics,
+        shutdown.clone(),
+    ));
     let retry = RetryPolicy::with_budget(cfg.retry_budget());
     let storage = StorageConfig {
         endpoint: cfg.s3_endpoint.clone(),
@@ -100,7 +123,18 @@ pub async fn run(
         access_key: cfg.s3_access_key.clone(),
         secret_key: cfg.s3_secret_key.clone(),
     };
+    let (handoff, embed_max_side) = resolve_handoff(&cfg)?;
+    // Both stages here and memory hand-off: they share the waiting embed inputs.
+    let handoff_cache =
+        (handoff == HandoffMode::Memory && cfg.runs(Stage::Thumbnail) && cfg.runs(Stage::Embed))
+            .then(|| {
+                Arc::new(HandoffCache::new(
+                    cfg.embed_handoff_memory_mb << 20,
+                    Duration::from_secs(600),
+                ))
+            });
     if cfg.runs(Stage::Thumbnail) {
+        tracing::info!(?handoff, ?embed_max_side, "embed input hand-off");
         let stage = thumbnail_stage(
             ThumbnailConfig {
                 input_topic: cfg.topic_uploaded.clone(),
@@ -116,6 +150,9 @@ pub async fn run(
                     quality: cfg.thumb_quality,
                     max_pixels: cfg.max_pixels,
                 },
+                handoff,
+                embed_max_side,
+                derived_keys: KeyPattern::parse(&cfg.derived_key_pattern)?,
                 max_in_flight: cfg.max_in_flight.max(1),
                 max_buffered: cfg.max_buffered.max(cfg.max_in_flight + 1),
                 cpu_workers: cfg.cpu_workers(),
@@ -125,6 +162,7 @@ pub async fn run(
             producer.clone(),
             ObjectStore::new(&storage, retry, cfg.max_object_bytes),
             DbHook::new(cfg.db_hook_url.clone(), retry),
+            handoff_cache.clone(),
         )?;
         stages.spawn(stage.run(shutdown.clone()));
     }
@@ -153,30 +191,56 @@ pub async fn run(
                 model_dir,
                 ort_dylib,
                 max_pixels: cfg.max_pixels,
-                workers: cfg.embed_workers,
+                workers: cfg.embed_workers(),
             },
             &kafka,
             producer.clone(),
             ObjectStore::new(&storage, retry, cfg.max_object_bytes),
+            DbHook::new(cfg.db_hook_url.clone(), retry),
+            handoff_cache,
         )?;
         stages.spawn(stage.run(shutdown.clone()));
     }
     ready.0.store(true, Ordering::SeqCst);
     tracing::info!("processor ready");
 
-    shutdown.cancelled().await;
+    // A stage ends early only when it cannot go on (its Kafka consumer failed fatally): then the
+    // whole process stops and exits non-zero, so that its supervisor restarts it, rather than
+    // staying up, ready, and processing nothing.
+    let mut failed = 0;
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        Some(result) = stages.join_next() => {
+            failed += log_stage_end(result);
+            shutdown.cancel();
+        }
+    }
     ready.0.store(false, Ordering::SeqCst);
     while let Some(result) = stages.join_next().await {
-        match result {
-            Ok(Err(e)) => tracing::error!(%e, "stage failed"),
-            Err(e) => tracing::error!(%e, "stage panicked"),
-            Ok(Ok(())) => {}
-        }
+        failed += log_stage_end(result);
     }
     producer.flush(Duration::from_secs(5));
     http.await??;
+    if failed > 0 {
+        anyhow::bail!("{failed} stage(s) failed; exiting so that the process is restarted");
+    }
     tracing::info!("processor stopped");
     Ok(())
+}
+
+/// Log how a stage ended; 1 if it failed.
+fn log_stage_end(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> usize {
+    match result {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            tracing::error!(%e, "stage failed");
+            1
+        }
+        Err(e) => {
+            tracing::error!(%e, "stage panicked");
+            1
+        }
+    }
 }
 
 async fn readyz(State(ready): State<Readiness>) -> (StatusCode, &'static str) {
@@ -198,4 +262,27 @@ pub fn cancel_on_signal(token: CancellationToken) {
         }
         token.cancel();
     });
+}
+
+/// The hand-off mode and the embed input's size, from the embed profile. A profile that
+/// cannot be read is a start-up error when the hand-off was asked for explicitly; with the
+/// default, the thumbnail stage runs without hand-off (and says so), as a thumbnail-only
+/// deployment without the profile file would.
+fn resolve_handoff(cfg: &Config) -> anyhow::Result<(HandoffMode, Option<u32>)> {
+    let mode = cfg.handoff_mode();
+    if !cfg.runs(Stage::Thumbnail) || mode == HandoffMode::None {
+        return Ok((mode, None));
+    }
+    match crate::embed::profile::Profile::load(&cfg.embed_profile) {
+        Ok(profile) => Ok((mode, profile.embed_input_max_side())),
+        Err(e) if cfg.embed_handoff.is_none() => {
+            tracing::warn!(error = %e, "no embed profile: thumbnails without embed-input \
+                hand-off (the embed stage will read originals); set EMBED_PROFILE to hand off");
+            Ok((HandoffMode::None, None))
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "thumbnail stage: {e} (the embed input is made to the embed profile; set \
+             EMBED_PROFILE, or EMBED_HANDOFF=none)"
+        )),
+    }
 }
