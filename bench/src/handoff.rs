@@ -8,7 +8,11 @@
 //! memory. Last line: `ratio_memory=<handoff/anchor, medians of per-photo CPU>
 //! ratio_derivative=<with PNG encode + decode> png_kib=<median derivative size>`.
 
+#[path = "cpu_time.rs"]
+mod cpu_time;
+
 use clap::Parser;
+use cpu_time::{median, process_cpu_ms};
 use processor::embed::resize::{Region, Resizer, View};
 use processor::embed::{decode_oriented_rgb, input::shrunk_size, EmbedInput};
 use processor::thumbnail::render::{RenderOptions, Renderer};
@@ -26,38 +30,16 @@ struct Args {
     files: Vec<PathBuf>,
 }
 
-fn cpu_ms() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; CLOCK_PROCESS_CPUTIME_ID is always available on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// Median CPU milliseconds of `f` over `repeats` runs.
 fn timed<T>(repeats: usize, mut f: impl FnMut() -> T) -> (f64, T) {
     let mut times = Vec::with_capacity(repeats);
     let mut last = None;
     for _ in 0..repeats.max(1) {
-        let t = cpu_ms();
+        let t = process_cpu_ms();
         last = Some(f());
-        times.push(cpu_ms() - t);
+        times.push(process_cpu_ms() - t);
     }
-    (median(times), last.expect("at least one run"))
+    (median(&mut times), last.expect("at least one run"))
 }
 
 fn photos(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -150,9 +132,9 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "ratio_memory={:.3} ratio_derivative={:.3} png_kib={:.0}",
-        median(r_mem),
-        median(r_der),
-        median(png_kib)
+        median(&mut r_mem),
+        median(&mut r_der),
+        median(&mut png_kib)
     );
     Ok(())
 }

@@ -5,7 +5,11 @@
 //! and passes its results here. Last line:
 //! `ratio=<median of per-photo ours/sharp> ssim_mean=<mean> ssim_min=<min>`.
 
+#[path = "cpu_time.rs"]
+mod cpu_time;
+
 use clap::Parser;
+use cpu_time::{median, process_cpu_ms};
 use processor::thumbnail::render::{RenderOptions, Renderer};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,28 +34,6 @@ struct SharpResult {
     cpu_ms: Vec<f64>,
     #[serde(default)]
     error: Option<String>,
-}
-
-fn process_cpu_ms() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; CLOCK_PROCESS_CPUTIME_ID is always available on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// SSIM (Wang et al. 2004) on luma: 11×11 Gaussian window, σ = 1.5, K1 = 0.01, K2 = 0.03,
