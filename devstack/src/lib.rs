@@ -13,6 +13,7 @@
 
 pub mod b2;
 pub mod broker;
+pub mod fetch_wait;
 pub mod hook_sink;
 pub mod hostile;
 pub mod s3;
