@@ -1,13 +1,21 @@
 //! The consumer side every stage shares: read a topic, process records concurrently within a
 //! partition (up to `max_in_flight`), serve users round-robin ([`FairQueue`]), and advance the
 //! committed offset only over the contiguous prefix of finished records ([`OffsetTracker`]).
+//!
+//! Round-robin can only be fair between the users whose records are buffered, and Kafka hands
+//! a consumer records a partition at a time (a fetch carries up to `max.partition.fetch.bytes`
+//! of one partition, about 2,000 of our events; the local broker sends a partition's whole
+//! backlog). So each partition gets an equal share of the `max_buffered` lookahead, and only a
+//! partition that has used its share is paused ([`PartitionIntake`]). Without that, a 5 × 2,000
+//! load test buffered nothing but the one user alone on the first partition: five minutes in,
+//! that user had 861 thumbnails and each of the others 111–119.
 //! A record counts as finished only once its [`StageWork`] says its outputs are durably in
 //! Kafka, so a crash at any point redelivers, never loses, a record; redelivery is harmless
 //! because every output is keyed by the deterministic photo id.
 
 use crate::fair_queue::FairQueue;
 use crate::kafka::KafkaConfig;
-use crate::offsets::{OffsetTracker, Ticket};
+use crate::offsets::{OffsetTracker, Ticket, TopicPartition};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -15,7 +23,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use serde::de::DeserializeOwned;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -54,9 +64,11 @@ pub struct RunnerConfig {
     pub shutdown_grace: Duration,
 }
 
-/// Consumer context: forgets revoked partitions' in-flight offsets and exports consumer lag.
+/// Consumer context: forgets revoked partitions' in-flight offsets, notes rebalances (which
+/// resume every partition) and exports consumer lag.
 struct StageContext {
     tracker: Arc<Mutex<OffsetTracker>>,
+    rebalanced: Arc<AtomicBool>,
 }
 
 impl ClientContext for StageContext {
@@ -86,6 +98,38 @@ impl ConsumerContext for StageContext {
             }
         }
     }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        self.rebalanced.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Each partition's share of the lookahead: how many of its records are queued or running,
+/// and which partitions are paused because they used their share.
+#[derive(Default)]
+struct PartitionIntake {
+    outstanding: HashMap<TopicPartition, usize>,
+    paused: HashSet<TopicPartition>,
+}
+
+impl PartitionIntake {
+    /// A record of `tp` was taken in; whether `tp` should now be paused, its `share` used.
+    fn took(&mut self, tp: &TopicPartition, share: usize) -> bool {
+        let n = self.outstanding.entry(tp.clone()).or_default();
+        *n += 1;
+        *n >= share && !self.paused.contains(tp)
+    }
+
+    /// A record of `tp` finished; whether `tp` should now be resumed (below half its share).
+    fn finished(&mut self, tp: &TopicPartition, share: usize) -> bool {
+        let n = self.outstanding.entry(tp.clone()).or_default();
+        *n = n.saturating_sub(1);
+        let resume = *n < share.div_ceil(2) && self.paused.contains(tp);
+        if *n == 0 {
+            self.outstanding.remove(tp);
+        }
+        resume
+    }
 }
 
 /// A stage's consumer loop around its [`StageWork`]: construct with [`StageRunner::new`], then
@@ -95,6 +139,7 @@ pub struct StageRunner<W: StageWork> {
     work: Arc<W>,
     consumer: StreamConsumer<StageContext>,
     tracker: Arc<Mutex<OffsetTracker>>,
+    rebalanced: Arc<AtomicBool>,
 }
 
 struct Job<I> {
@@ -102,9 +147,13 @@ struct Job<I> {
     event: I,
 }
 
+/// A finished job: its ticket, and whether its record may be committed.
+type Done = (Ticket, bool);
+
 impl<W: StageWork> StageRunner<W> {
     pub fn new(cfg: RunnerConfig, kafka: &KafkaConfig, work: W) -> anyhow::Result<Self> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+        let rebalanced = Arc::new(AtomicBool::new(false));
         let mut consumer_config = kafka.client_config_with(&[
             ("group.id", &cfg.group),
             ("enable.auto.commit", "true"),
@@ -124,6 +173,7 @@ impl<W: StageWork> StageRunner<W> {
         let consumer: StreamConsumer<StageContext> =
             consumer_config.create_with_context(StageContext {
                 tracker: tracker.clone(),
+                rebalanced: rebalanced.clone(),
             })?;
         consumer.subscribe(&[&cfg.input_topic])?;
         Ok(Self {
@@ -131,6 +181,7 @@ impl<W: StageWork> StageRunner<W> {
             work: Arc::new(work),
             consumer,
             tracker,
+            rebalanced,
         })
     }
 
@@ -140,22 +191,23 @@ impl<W: StageWork> StageRunner<W> {
         let cfg = &self.cfg;
         let stage = self.work.name();
         let mut queue: FairQueue<Job<W::Input>> = FairQueue::default();
-        let mut running: JoinSet<Option<Ticket>> = JoinSet::new();
-        let mut paused = false;
+        let mut running: JoinSet<Done> = JoinSet::new();
+        let mut intake = PartitionIntake::default();
+        let mut share = self.partition_share();
         let mut fatal = None;
         tracing::info!(topic = %cfg.input_topic, group = %cfg.group, stage, "stage consuming");
         loop {
             while running.len() < cfg.max_in_flight {
                 let Some(job) = queue.pop() else { break };
                 let work = self.work.clone();
-                running.spawn(async move { work.process(job.event).await.then_some(job.ticket) });
+                running.spawn(async move { (job.ticket.clone(), work.process(job.event).await) });
             }
             metrics::gauge!("photos_in_flight", "stage" => stage).set(running.len() as f64);
-            // Full: pause fetching rather than stop polling, so the group keeps us as a live member.
-            let room = queue.len() + running.len() < cfg.max_buffered;
-            if room == paused {
-                self.set_paused(!room);
-                paused = !room;
+            metrics::gauge!("photos_buffered", "stage" => stage).set(queue.len() as f64);
+            if self.rebalanced.swap(false, Ordering::SeqCst) {
+                // A new assignment starts unpaused, and the share depends on its size.
+                intake.paused.clear();
+                share = self.partition_share();
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -165,6 +217,12 @@ impl<W: StageWork> StageRunner<W> {
                         match m.payload().map(serde_json::from_slice::<W::Input>) {
                             Some(Ok(event)) => {
                                 let user = W::user_id(&event).to_owned();
+                                // Its share used: pause this partition (rather than stop
+                                // polling, so the group keeps us as a live member).
+                                if intake.took(&ticket.tp, share) {
+                                    self.set_paused(&ticket.tp, true);
+                                    intake.paused.insert(ticket.tp.clone());
+                                }
                                 queue.push(&user, Job { ticket, event });
                             }
                             other => {
@@ -189,8 +247,14 @@ impl<W: StageWork> StageRunner<W> {
                     }
                 },
                 Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok(Some(ticket)) = done {
-                        self.finish(&ticket);
+                    if let Ok((ticket, committable)) = done {
+                        if committable {
+                            self.finish(&ticket);
+                        }
+                        if intake.finished(&ticket.tp, share) {
+                            self.set_paused(&ticket.tp, false);
+                            intake.paused.remove(&ticket.tp);
+                        }
                     }
                 }
             }
@@ -207,7 +271,7 @@ impl<W: StageWork> StageRunner<W> {
         loop {
             tokio::select! {
                 done = running.join_next() => match done {
-                    Some(Ok(Some(ticket))) => self.finish(&ticket),
+                    Some(Ok((ticket, true))) => self.finish(&ticket),
                     Some(_) => {}
                     None => break,
                 },
@@ -233,16 +297,28 @@ impl<W: StageWork> StageRunner<W> {
         Ok(())
     }
 
-    fn set_paused(&self, pause: bool) {
-        let result = self.consumer.assignment().and_then(|tpl| {
-            if pause {
-                self.consumer.pause(&tpl)
-            } else {
-                self.consumer.resume(&tpl)
-            }
-        });
+    /// Each assigned partition's share of the lookahead (at least `max_in_flight`, so that one
+    /// busy partition can still use every worker).
+    fn partition_share(&self) -> usize {
+        let partitions = self
+            .consumer
+            .assignment()
+            .map_or(1, |tpl| tpl.count())
+            .max(1);
+        (self.cfg.max_buffered / partitions).max(self.cfg.max_in_flight)
+    }
+
+    fn set_paused(&self, tp: &TopicPartition, pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
+        let result = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
         if let Err(e) = result {
-            tracing::warn!(%e, pause, "pausing/resuming partitions failed");
+            // A partition revoked meanwhile: its next assignment starts unpaused anyway.
+            tracing::debug!(%e, pause, topic = %tp.0, partition = tp.1, "pausing/resuming a partition failed");
         }
     }
 
@@ -258,5 +334,39 @@ impl<W: StageWork> StageRunner<W> {
                 tracing::debug!(%e, "storing offset failed (partition likely revoked)");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(p: i32) -> TopicPartition {
+        ("photos.uploaded".into(), p)
+    }
+
+    #[test]
+    fn a_partition_is_paused_at_its_share_and_resumed_below_half() {
+        let mut intake = PartitionIntake::default();
+        for _ in 0..3 {
+            assert!(!intake.took(&tp(0), 4));
+        }
+        assert!(intake.took(&tp(0), 4), "the 4th record uses the share");
+        intake.paused.insert(tp(0));
+        // Records already on their way still arrive; no second pause.
+        assert!(!intake.took(&tp(0), 4));
+        // Other partitions are not affected.
+        assert!(!intake.took(&tp(1), 4));
+        assert!(!intake.finished(&tp(0), 4));
+        assert!(!intake.finished(&tp(0), 4));
+        assert!(!intake.finished(&tp(0), 4));
+        assert!(intake.finished(&tp(0), 4), "1 left of a share of 4: resume");
+        intake.paused.remove(&tp(0));
+        assert!(!intake.finished(&tp(0), 4));
+        assert!(!intake.outstanding.contains_key(&tp(0)));
+        assert!(
+            !intake.finished(&tp(1), 4),
+            "never paused: nothing to resume"
+        );
     }
 }

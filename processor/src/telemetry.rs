@@ -4,6 +4,7 @@
 //! - `thumbnail_step_seconds{step}`: download, decode, resize, encode, upload, hook latency
 //! - `thumbnail_photo_seconds`: upload event → ThumbnailDone, end to end
 //! - `photos_in_flight`: photos being processed now
+//! - `photos_buffered`: records read ahead, waiting for a worker (per stage)
 //! - `photos_processed_total{stage,status}`, `photos_failed_total{stage,reason}`
 //! - `kafka_consumer_lag{topic,partition}`: from librdkafka statistics
 //! - `webhook_requests_total{outcome}`, `webhook_events_rejected_total`, `photos_uploaded_total`
@@ -33,6 +34,10 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "Upload event to ThumbnailDone"
     );
     metrics::describe_gauge!("photos_in_flight", "Photos being processed now");
+    metrics::describe_gauge!(
+        "photos_buffered",
+        "Records read ahead from Kafka, waiting for a worker"
+    );
     metrics::describe_histogram!(
         "embed_step_seconds",
         metrics::Unit::Seconds,

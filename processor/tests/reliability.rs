@@ -901,3 +901,71 @@ async fn retries_exhausted_go_to_dlq_and_redrive_completes_them() {
         s3.faults.injected()
     );
 }
+
+/// Fair sharing across partitions: with a backlog of 5 users spread over 3 partitions, each
+/// partition's backlog larger than the stage's whole lookahead (`MAX_BUFFERED`), every user
+/// gets about a fifth of the first photos finished. (Records arrive a partition at a time;
+/// were the lookahead filled from one partition, the users of the others would wait for that
+/// whole partition.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reliability suite: scripts/test runs it (with --ignored)"]
+async fn a_backlog_is_shared_between_users_across_partitions() {
+    let per_user = 30;
+    let photos = USERS * per_user;
+    let mut p = Pipeline::start(
+        &[
+            ("MAX_IN_FLIGHT", "1"),
+            ("MAX_BUFFERED", "24"),
+            ("CPU_WORKERS", "1"),
+        ],
+        None,
+    )
+    .await;
+    // The backlog builds up while the thumbnail stage is down.
+    p.kill(Victim::Thumbnail).await;
+    let uploads = p
+        .uploader(0, photos, Duration::from_millis(5), None)
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(60), "the backlog in Kafka", || async {
+        p.stack.read_topic(&p.stack.topics.uploaded).len() >= photos
+    })
+    .await;
+    // Which partition each user's records are in (kcat: partition and key).
+    let layout = std::process::Command::new("kcat")
+        .args(["-b", &p.stack.brokers, "-C", "-t", &p.stack.topics.uploaded])
+        .args(["-o", "beginning", "-e", "-q", "-f", "%p %k\n"])
+        .output()
+        .expect("kcat");
+    let partitions: std::collections::BTreeSet<String> = String::from_utf8_lossy(&layout.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    p.restart(Victim::Thumbnail).await;
+    p.wait_all_embedded(photos, Duration::from_secs(300)).await;
+
+    let mut done: Vec<(i64, String)> = p
+        .stack
+        .read_topic(&p.stack.topics.thumbnailed)
+        .iter()
+        .map(|r| {
+            (
+                r["finished_at_ms"].as_i64().unwrap(),
+                r["user_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    done.sort();
+    let first: Vec<&str> = done[..photos / 3].iter().map(|(_, u)| u.as_str()).collect();
+    eprintln!("fairness: partition and user of the backlog {partitions:?}; first {} thumbnails by user: {first:?}", first.len());
+    let fair = first.len() / USERS;
+    for user in users() {
+        let n = first.iter().filter(|u| **u == user).count();
+        assert!(
+            n >= fair / 2 && n <= fair * 2,
+            "{user} had {n} of the first {} thumbnails, a fair share being {fair} ({first:?}): users are not served in turn",
+            first.len()
+        );
+    }
+    p.check_invariants(&uploads, &HashSet::new(), true).await;
+}
