@@ -8,6 +8,17 @@ log() { echo "==> $*" >&2; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/photo-pipeline/target}
 export PIPELINE_CACHE=${PIPELINE_CACHE:-$HOME/.cache/photo-pipeline}
 mkdir -p "$CARGO_TARGET_DIR" "$PIPELINE_CACHE"
+# Cargo keys our crates by their path inside the workspace, not by where the checkout is, and
+# trusts file times: a checkout at another path whose sources are older than the cached build
+# would reuse binaries compiled there, with that path baked in (env!("CARGO_MANIFEST_DIR") in
+# the tests). When the checkout using this target dir changes, our sources are touched once so
+# that our crates (not the dependencies) are rebuilt here.
+_checkout=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+if [ "$(cat "$CARGO_TARGET_DIR/.checkout" 2>/dev/null)" != "$_checkout" ]; then
+  find "$_checkout" -path "$_checkout/target" -prune -o -path "$_checkout/fuzz" -prune -o \
+    \( -name '*.rs' -o -name Cargo.toml \) -type f -print0 2>/dev/null | xargs -0r touch
+  echo "$_checkout" > "$CARGO_TARGET_DIR/.checkout"
+fi
 
 _apt_updated=
 ensure_apt() {
