@@ -97,9 +97,13 @@ async fn status_json(stack: &Stack, user: &str) -> Value {
 }
 
 /// Re-produce every record of `topic` into itself with kcat: a replay that duplicates all.
+/// The records are read to the end first (as `scripts/replay` does): piped straight into the
+/// producer, a consumer whose empty fetch is held, as Kafka holds it, reads its own replay
+/// and never reaches the end.
 fn kcat_duplicate_topic(brokers: &str, topic: &str) {
     let script = format!(
-        "kcat -b {brokers} -C -t {topic} -o beginning -e -q -f '%k\\t%s\\n' | kcat -b {brokers} -P -t {topic} -K '\\t'"
+        "records=$(mktemp) && kcat -b {brokers} -C -t {topic} -o beginning -e -q -f '%k\\t%s\\n' > $records \
+         && kcat -b {brokers} -P -t {topic} -K '\\t' < $records; st=$?; rm -f $records; exit $st"
     );
     let st = Command::new("bash")
         .arg("-c")
