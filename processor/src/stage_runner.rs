@@ -113,18 +113,20 @@ struct PartitionIntake {
 }
 
 impl PartitionIntake {
-    /// A record of `tp` was taken in; whether `tp` should now be paused, its `share` used.
+    /// A record of `tp` was taken in; whether `tp` should now be paused, its `share` used
+    /// (it then counts as paused).
     fn took(&mut self, tp: &TopicPartition, share: usize) -> bool {
         let n = self.outstanding.entry(tp.clone()).or_default();
         *n += 1;
-        *n >= share && !self.paused.contains(tp)
+        *n >= share && self.paused.insert(tp.clone())
     }
 
-    /// A record of `tp` finished; whether `tp` should now be resumed (below half its share).
+    /// A record of `tp` finished; whether `tp` should now be resumed (below half its share;
+    /// it then no longer counts as paused).
     fn finished(&mut self, tp: &TopicPartition, share: usize) -> bool {
         let n = self.outstanding.entry(tp.clone()).or_default();
         *n = n.saturating_sub(1);
-        let resume = *n < share.div_ceil(2) && self.paused.contains(tp);
+        let resume = *n < share.div_ceil(2) && self.paused.remove(tp);
         if *n == 0 {
             self.outstanding.remove(tp);
         }
@@ -221,7 +223,6 @@ impl<W: StageWork> StageRunner<W> {
                                 // polling, so the group keeps us as a live member).
                                 if intake.took(&ticket.tp, share) {
                                     self.set_paused(&ticket.tp, true);
-                                    intake.paused.insert(ticket.tp.clone());
                                 }
                                 queue.push(&user, Job { ticket, event });
                             }
@@ -253,7 +254,6 @@ impl<W: StageWork> StageRunner<W> {
                         }
                         if intake.finished(&ticket.tp, share) {
                             self.set_paused(&ticket.tp, false);
-                            intake.paused.remove(&ticket.tp);
                         }
                     }
                 }
@@ -352,7 +352,6 @@ mod tests {
             assert!(!intake.took(&tp(0), 4));
         }
         assert!(intake.took(&tp(0), 4), "the 4th record uses the share");
-        intake.paused.insert(tp(0));
         // Records already on their way still arrive; no second pause.
         assert!(!intake.took(&tp(0), 4));
         // Other partitions are not affected.
@@ -361,7 +360,6 @@ mod tests {
         assert!(!intake.finished(&tp(0), 4));
         assert!(!intake.finished(&tp(0), 4));
         assert!(intake.finished(&tp(0), 4), "1 left of a share of 4: resume");
-        intake.paused.remove(&tp(0));
         assert!(!intake.finished(&tp(0), 4));
         assert!(!intake.outstanding.contains_key(&tp(0)));
         assert!(
