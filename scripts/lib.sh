@@ -82,3 +82,8 @@ wait_port() { # port timeout_s
     i=$((i + 1)); [ $i -gt $((t * 5)) ] && return 1; sleep 0.2
   done
 }
+
+# Apache Kafka's jars from Maven Central (scripts/kafka-jars). Prints the directory (classpath DIR/*).
+ensure_kafka_jars() {
+  "$(dirname "${BASH_SOURCE[0]}")/kafka-jars"
+}

@@ -76,7 +76,7 @@ def main() -> int:
     ours = embed_ref.MTCNN(det, a.models, so)
     bad = 0
     for path, name in embed_ref.list_photos(a.photos):
-        rgb = embed_ref.decode(path)
+        rgb, _, _ = embed_ref.decode(path)
         if max(rgb.shape[:2]) > det["max_image_side"]:
             # both get the same uint8 image: ours shrunk to the detector size, then rounded
             h, w = rgb.shape[:2]

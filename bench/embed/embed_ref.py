@@ -45,18 +45,48 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 # ----------------------------------------------------------------------------- decode
 
-def decode(path: str) -> np.ndarray:
-    """File -> oriented RGB uint8 array (H, W, 3).
+def shrunk_size(w: int, h: int, max_side: int) -> tuple[int, int]:
+    """(w, h) shrunk so the longer side is max_side, rounded half up, at least 1 (README §1b)."""
+    s = max_side / max(w, h)
+    return max(1, int(np.floor(w * s + 0.5))), max(1, int(np.floor(h * s + 0.5)))
+
+
+def jpeg_draft_scale(w: int, h: int, max_side: int | None) -> int:
+    """The DCT scale denominator (1, 2, 4, 8) a JPEG is decoded at for an embed input of
+    max_side (README §1): the largest whose image, ceil(w / d) x ceil(h / d), is still at least
+    the embed input's size in both axes; 1 when no shrink is needed."""
+    if not max_side or max(w, h) <= max_side:
+        return 1
+    dw, dh = shrunk_size(w, h, max_side)
+    for d in (8, 4, 2):
+        if -(-w // d) >= dw and -(-h // d) >= dh:
+            return d
+    return 1
+
+
+def decode(path: str, max_side: int | None = None) -> tuple[np.ndarray, int, int]:
+    """File -> (oriented RGB uint8 array (H, W, 3), W, H of the full oriented photo).
 
     Pillow decodes (libjpeg-turbo, ISLOW IDCT, fancy upsampling: the library defaults), the EXIF
     orientation tag (0x0112, values 2..8) is applied with ImageOps.exif_transpose, then the
-    image is converted to RGB (alpha dropped, grey replicated, palette expanded).
+    image is converted to RGB (alpha dropped, grey replicated, palette expanded). A JPEG is
+    decoded at the DCT scale of jpeg_draft_scale (Pillow's draft: libjpeg's scale_denom), so
+    the array may be smaller than the photo; W, H are always the full photo's.
     """
     with Image.open(path) as im:
+        full_w, full_h = im.size
+        if im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
+            d = jpeg_draft_scale(full_w, full_h, max_side)
+            if d > 1:
+                im.draft(im.mode, (full_w // d, full_h // d))
+                assert im.size == (-(-full_w // d), -(-full_h // d)), (im.size, d)
+        swap = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
         im = ImageOps.exif_transpose(im)
         if im.mode != "RGB":
             im = im.convert("RGB")
-        return np.asarray(im, dtype=np.uint8)
+        if swap:
+            full_w, full_h = full_h, full_w
+        return np.asarray(im, dtype=np.uint8), full_w, full_h
 
 
 # ----------------------------------------------------------------------------- resampling
@@ -523,18 +553,20 @@ class Pipeline:
         dh = max(1, int(np.floor(h * s + 0.5)))
         return resize_area(img, dw, dh), w / dw, h / dh
 
-    def embed_input(self, rgb: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """The image detection and alignment run on (README §1b): the upright photo area-shrunk
-        so its longer side is embed_input.max_side, rounded half up to uint8; the photo itself
-        when the profile has no embed_input or the photo is small enough. Returns (image, sx, sy)
-        with sx = photo W / image W."""
+    def embed_max_side(self) -> int | None:
         cfg = self.profile.get("embed_input")
-        h, w = rgb.shape[:2]
-        if not cfg or max(w, h) <= int(cfg["max_side"]):
+        return int(cfg["max_side"]) if cfg else None
+
+    def embed_input(self, rgb: np.ndarray, w: int, h: int) -> tuple[np.ndarray, float, float]:
+        """The image detection and alignment run on (README §1b): the upright photo (W x H = w x h;
+        rgb is it, or its JPEG decode at a DCT scale) area-shrunk to the size that makes its
+        longer side embed_input.max_side, rounded half up to uint8; the photo itself when the
+        profile has no embed_input or the photo is small enough. Returns (image, sx, sy) with
+        sx = photo W / image W."""
+        max_side = self.embed_max_side()
+        if not max_side or max(w, h) <= max_side:
             return rgb, 1.0, 1.0
-        s = int(cfg["max_side"]) / max(w, h)
-        dw = max(1, int(np.floor(w * s + 0.5)))
-        dh = max(1, int(np.floor(h * s + 0.5)))
+        dw, dh = shrunk_size(w, h, max_side)
         small = resize_area(rgb.astype(np.float64), dw, dh)
         return np.clip(np.floor(small + 0.5), 0, 255).astype(np.uint8), w / dw, h / dh
 
@@ -554,10 +586,9 @@ class Pipeline:
 
     def process(self, path: str, name: str, debug: bool = False, dump: str | None = None) -> dict:
         t0 = time.perf_counter()
-        rgb = decode(path)
+        rgb, w, h = decode(path, self.embed_max_side())
         t1 = time.perf_counter()
-        h, w = rgb.shape[:2]
-        rgb, sx, sy = self.embed_input(rgb)
+        rgb, sx, sy = self.embed_input(rgb, w, h)
         if self.family == "blazeface":
             det_img = None
             boxes, pts = self.detector.detect_photo(rgb)

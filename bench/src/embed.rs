@@ -14,7 +14,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use processor::embed::{decode_oriented_rgb, default_model_dir, default_ort_dylib, FaceEmbedder};
+use processor::embed::{default_model_dir, default_ort_dylib, FaceEmbedder};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -236,9 +236,9 @@ fn run(a: &RunArgs) -> Result<bool> {
 fn process(e: &mut FaceEmbedder, path: &Path, name: &str, debug: bool) -> Result<Record> {
     let t0 = Instant::now();
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let img = decode_oriented_rgb(&data, 1 << 30)?;
+    let input = e.prepare(&data, 1 << 30)?;
     let t1 = Instant::now();
-    let (faces, t) = e.embed_timed(&img.pixels, img.width, img.height)?;
+    let (faces, t) = e.embed_input_timed(&input)?;
     let t4 = Instant::now();
     let decode = t1 - t0;
     let mut msmap = BTreeMap::new();
@@ -259,8 +259,8 @@ fn process(e: &mut FaceEmbedder, path: &Path, name: &str, debug: bool) -> Result
     };
     Ok(Record {
         photo: name.to_string(),
-        width: Some(img.width),
-        height: Some(img.height),
+        width: Some(input.source_width),
+        height: Some(input.source_height),
         faces: faces
             .into_iter()
             .map(|f| FaceRec {

@@ -8,6 +8,8 @@
 //! Run through `scripts/loadtest`, which builds the binaries; `--start-stack` starts its own
 //! devstack, processor and status-api on free ports.
 
+#[path = "loadtest/capacity.rs"]
+mod capacity;
 #[path = "loadtest/own_stack.rs"]
 mod own_stack;
 #[path = "loadtest/procstat.rs"]
@@ -51,9 +53,17 @@ struct Args {
     /// Report directory (report.md, *.svg, summary.json).
     #[arg(long, default_value = "loadtest-report")]
     out: PathBuf,
-    /// Concurrent PUTs per user.
+    /// Concurrent PUTs per user (1: one photo after another, as a user's app uploads).
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Each user's upload bandwidth in Mbit/s (e.g. 40 for a good home line); unset: unlimited
+    /// (loopback, far faster than any user's line).
+    #[arg(long)]
+    upload_mbps: Option<f64>,
+    /// The processor's `/metrics` (per-stage CPU for the capacity model); default: the webhook
+    /// URL's host with `/metrics`.
+    #[arg(long)]
+    processor_metrics_url: Option<String>,
     /// Give up waiting for completion after this many seconds (0: 120 + 2 s per photo).
     #[arg(long, default_value_t = 0)]
     timeout_secs: u64,
@@ -238,6 +248,44 @@ async fn main() {
     }
 }
 
+/// The capacity model from the processor's per-stage CPU (scraped now, before the stack stops).
+async fn capacity_model(
+    args: &Args,
+    info: &report::RunInfo,
+    results: &[report::UserResult],
+    log: &stage_events::StageLog,
+    processor_cpu: Option<f64>,
+) -> Option<capacity::CapacityModel> {
+    let url = args.processor_metrics_url.clone().unwrap_or_else(|| {
+        let base = args
+            .webhook_url
+            .split("/v1/")
+            .next()
+            .unwrap_or(&args.webhook_url);
+        format!("{base}/metrics")
+    });
+    let text = match reqwest::get(&url).await {
+        Ok(r) => r.text().await.ok(),
+        Err(e) => {
+            eprintln!("loadtest: no capacity model: {url}: {e}");
+            None
+        }
+    }?;
+    let lanes = capacity::LaneCpu::parse(&text)?;
+    let uploads: Vec<f64> = results.iter().filter_map(|u| u.upload_secs()).collect();
+    let photos = log.photos.values().filter(|p| p.thumb_events > 0).count() as u64;
+    capacity::CapacityModel::build(&capacity::Measured {
+        lanes,
+        processor_cpu: processor_cpu?,
+        photos,
+        users: info.users,
+        upload_secs_per_user: uploads.iter().sum::<f64>() / uploads.len().max(1) as f64,
+        photos_per_user: results.iter().map(|u| u.uploaded_ok as f64).sum::<f64>()
+            / results.len().max(1) as f64,
+        mean_photo_bytes: info.photo_bytes as f64 / info.photo_files.max(1) as f64,
+    })
+}
+
 async fn run(mut args: Args) -> anyhow::Result<i32> {
     anyhow::ensure!(
         args.users > 0 && args.photos > 0,
@@ -355,6 +403,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
         users.iter().map(|_| Arc::default()).collect();
     let mut upload_tasks = vec![];
     for (i, u) in users.iter().enumerate() {
+        let link = Arc::new(uploader::UploadLink::new(args.upload_mbps));
         upload_tasks.push(Some(tokio::spawn(uploader::upload_user(
             target.clone(),
             run_id.clone(),
@@ -363,6 +412,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
             photos.clone(),
             args.photos,
             args.concurrency,
+            link,
             uploads[i].clone(),
             start,
         ))));
@@ -536,6 +586,7 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
         users: args.users,
         photos_per_user: args.photos,
         concurrency: args.concurrency,
+        upload_mbps: args.upload_mbps,
         cores,
         expect_embeddings: args.expect_embeddings,
         start_wall_ms,
@@ -551,7 +602,16 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
         .map(|(_, u)| u.cpu_used())
         .reduce(|a, b| a + b);
     let verdict = report::verdict(&info, &results, &log, processor_cpu);
-    report::write(&args.out, &info, &results, &log, &sampler.usage, &verdict)?;
+    let capacity = capacity_model(&args, &info, &results, &log, processor_cpu).await;
+    report::write(
+        &args.out,
+        &info,
+        &results,
+        &log,
+        &sampler.usage,
+        &verdict,
+        capacity.as_ref(),
+    )?;
     drop(stack);
 
     // The final table on stdout, then the verdict as the last line.

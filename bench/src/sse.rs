@@ -159,62 +159,40 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn create_topics(brokers: &str) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let topics: Vec<NewTopic> = [
-        schemas::topics::UPLOADED,
-        schemas::topics::THUMBNAILED,
-        schemas::topics::EMBEDDED,
-    ]
-    .iter()
-    .map(|t| NewTopic::new(t, 12, TopicReplication::Fixed(1)))
-    .collect();
-    admin.create_topics(&topics, &AdminOptions::new()).await?;
-    Ok(())
+fn stage_topics() -> devstack::backlog::BacklogTopics {
+    devstack::backlog::BacklogTopics {
+        uploaded: schemas::topics::UPLOADED.into(),
+        thumbnailed: schemas::topics::THUMBNAILED.into(),
+        embedded: schemas::topics::EMBEDDED.into(),
+    }
 }
 
-/// Write `n` stage events (an upload and a thumbnail for n/2 photos over 10,000 users).
+async fn create_topics(brokers: &str) -> anyhow::Result<()> {
+    devstack::backlog::create_topics(brokers, &stage_topics(), 12).await
+}
+
+/// Write about `n` stage events as a deployment accumulates them: per photo an upload, a
+/// thumbnail (1 in 50 failed) and an embedding (1 in 10 with a face carrying a 512-float
+/// embedding), over 10,000 users. Prints the events and bytes written.
 async fn preload(brokers: &str, n: u64) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
     let t0 = Instant::now();
-    for seq in 0..n / 2 {
-        let e = event((seq % 10_000) as usize, seq);
-        let up = schemas::PhotoUploaded {
-            schema_version: SCHEMA_VERSION,
-            photo_id: e.photo_id.clone(),
-            user_id: e.user_id.clone(),
-            bucket: e.bucket.clone(),
-            key: e.source_key.clone(),
-            version_id: "v".into(),
-            size_bytes: 1,
-            event_id: format!("e{seq}"),
-            uploaded_at_ms: e.uploaded_at_ms,
-            received_at_ms: e.uploaded_at_ms,
-        };
-        for (topic, payload) in [
-            (schemas::topics::UPLOADED, serde_json::to_vec(&up)?),
-            (schemas::topics::THUMBNAILED, serde_json::to_vec(&e)?),
-        ] {
-            loop {
-                match producer
-                    .send_result(FutureRecord::to(topic).key(&e.user_id).payload(&payload))
-                {
-                    Ok(_) => break,
-                    Err(_) => producer.poll(Duration::from_millis(10)),
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(120))?;
-    eprintln!("preloaded {n} events in {:.1}s", t0.elapsed().as_secs_f64());
+    let spec = devstack::backlog::BacklogSpec {
+        photos: n.div_ceil(3),
+        users: 10_000,
+        failed_every: 50,
+        faces_every: 10,
+        faces: 1,
+        embedding_dim: 512,
+    };
+    let produced = devstack::backlog::produce(brokers, &stage_topics(), &spec, "replay").await?;
+    eprintln!(
+        "preloaded {} events ({} photos, {:.1} MiB) in {:.1}s",
+        produced.events,
+        spec.photos,
+        produced.bytes as f64 / 1048576.0,
+        t0.elapsed().as_secs_f64()
+    );
+    println!("events={} bytes={}", produced.events, produced.bytes);
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 //! depends on this crate.
 
 pub mod b2;
+pub mod backlog;
 pub mod broker;
 pub mod fetch_wait;
 pub mod hook_sink;

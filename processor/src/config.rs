@@ -206,7 +206,8 @@ pub struct Config {
     #[arg(long, env = "MAX_BUFFERED", default_value_t = 512)]
     pub max_buffered: usize,
 
-    /// Threads decoding/resizing/encoding at once; default = available cores.
+    /// CPU worker threads shared by this process's stages (decode, resize, encode, face models),
+    /// thumbnail work always first; default = available cores.
     #[arg(long, env = "CPU_WORKERS")]
     pub cpu_workers: Option<usize>,
 

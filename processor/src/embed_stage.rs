@@ -8,7 +8,8 @@
 //! only when neither is there is the original downloaded and decoded here. Results go to the
 //! DB-update hook too (`"event": "embeddings"`).
 
-use crate::embed::{decode_oriented_rgb, EmbedInput, FaceEmbedder};
+use crate::cpu_pool::{CpuPool, Lane};
+use crate::embed::{EmbedInput, FaceEmbedder};
 use crate::handoff::HandoffCache;
 use crate::hook::{DbHook, EmbeddingsHookCall};
 use crate::kafka::{EventProducer, KafkaConfig};
@@ -50,7 +51,9 @@ pub struct EmbedWork {
     store: ObjectStore,
     hook: DbHook,
     handoff_cache: Option<Arc<HandoffCache>>,
+    /// At most `workers` photos of this stage on the CPU pool at once.
     cpu: Semaphore,
+    pool: Arc<CpuPool>,
     outcomes: Outcomes,
 }
 
@@ -63,6 +66,7 @@ pub fn embed_stage(
     store: ObjectStore,
     hook: DbHook,
     handoff_cache: Option<Arc<HandoffCache>>,
+    pool: Arc<CpuPool>,
 ) -> anyhow::Result<EmbedStage> {
     let probe = FaceEmbedder::load(&cfg.profile, &cfg.model_dir, &cfg.ort_dylib, 1)
         .map_err(|e| anyhow::anyhow!("embed stage: {e}"))?;
@@ -70,6 +74,7 @@ pub fn embed_stage(
     tracing::info!(profile = %profile_name, models = %cfg.model_dir.display(), "face models loaded");
     let work = EmbedWork {
         cpu: Semaphore::new(cfg.workers.max(1)),
+        pool,
         outcomes: Outcomes::new(
             "embed",
             producer,
@@ -110,7 +115,8 @@ impl StageWork for EmbedWork {
 }
 
 thread_local! {
-    /// One embedder per blocking thread (ONNX Runtime sessions are not shared while running).
+    /// One embedder per CPU worker thread (ONNX Runtime sessions are not shared while running),
+    /// so at most `CPU_WORKERS` sets of sessions and arenas in the process.
     static EMBEDDER: RefCell<Option<FaceEmbedder>> = const { RefCell::new(None) };
 }
 
@@ -123,16 +129,6 @@ enum Source {
 }
 
 fn embed_on_this_thread(cfg: &EmbedConfig, source: Source) -> Result<Vec<Face>, Failure> {
-    let decoded = match &source {
-        Source::Original(data) => {
-            let t = Instant::now();
-            let img = decode_oriented_rgb(data, cfg.max_pixels).map_err(|e| e.to_failure())?;
-            metrics::histogram!("embed_step_seconds", "step" => "decode")
-                .record(t.elapsed().as_secs_f64());
-            Some(img)
-        }
-        Source::Input(_) => None,
-    };
     EMBEDDER.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -142,12 +138,20 @@ fn embed_on_this_thread(cfg: &EmbedConfig, source: Source) -> Result<Vec<Face>, 
             );
         }
         let embedder = slot.as_mut().expect("just set");
-        match (&source, decoded) {
-            (Source::Input(input), _) => embedder.embed_input(input),
-            (_, Some(img)) => embedder.embed(&img.pixels, img.width, img.height),
-            (Source::Original(_), None) => unreachable!("originals are decoded above"),
-        }
-        .map_err(|e| e.to_failure())
+        let input = match source {
+            Source::Input(input) => input,
+            Source::Original(data) => {
+                // No hand-off: decode here, at the smallest JPEG scale the input needs.
+                let t = Instant::now();
+                let input = embedder
+                    .prepare(&data, cfg.max_pixels)
+                    .map_err(|e| e.to_failure())?;
+                metrics::histogram!("embed_step_seconds", "step" => "decode")
+                    .record(t.elapsed().as_secs_f64());
+                Arc::new(input)
+            }
+        };
+        embedder.embed_input(&input).map_err(|e| e.to_failure())
     })
 }
 
@@ -170,7 +174,8 @@ async fn load_source(work: &EmbedWork, ev: &ThumbnailDone) -> Result<Source, Fai
             let read = match work.store.get(&ev.bucket, key).await {
                 Ok(png) => {
                     let (sw, sh, max) = (r.source_width, r.source_height, work.cfg.max_pixels);
-                    tokio::task::spawn_blocking(move || EmbedInput::from_png(&png, sw, sh, max))
+                    work.pool
+                        .run(Lane::Embed, move || EmbedInput::from_png(&png, sw, sh, max))
                         .await
                         .map_err(|e| e.to_string())
                         .and_then(|r| r.map_err(|e| e.to_string()))
@@ -197,11 +202,12 @@ async fn embed_photo(work: &EmbedWork, ev: &ThumbnailDone) -> Result<Vec<Face>, 
     let source = load_source(work, ev).await?;
     let _permit = work.cpu.acquire().await.expect("semaphore never closed");
     let cfg = work.cfg.clone();
-    tokio::task::spawn_blocking(move || embed_on_this_thread(&cfg, source))
+    work.pool
+        .run(Lane::Embed, move || embed_on_this_thread(&cfg, source))
         .await
         .map_err(|e| Failure {
             reason: FailureReason::Internal,
-            detail: format!("embed task panicked: {e}"),
+            detail: format!("embed: {e}"),
         })?
 }
 

@@ -3,7 +3,11 @@
 //!
 //! - [`HandoffMode::Memory`] (both stages in one process): the input waits in a
 //!   [`HandoffCache`] keyed by photo id, bounded in bytes; the embed stage takes it out. When
-//!   the cache is full the thumbnail stage writes the derivative instead, so nothing is dropped.
+//!   the cache is full (thumbnails run first, so under load they get far ahead of the face
+//!   work), the thumbnail stage hands nothing over and makes the thumbnail from its cheapest
+//!   decode; the embed stage then decodes the original itself, at the smallest JPEG scale the
+//!   embed input needs. Writing the input out as a derivative instead would cost the
+//!   thumbnail path a PNG encode and an upload per photo, and the bucket the objects.
 //! - [`HandoffMode::Derivative`] (separate deployments): the input is written once as a
 //!   lossless PNG object next to the photo, named in `ThumbnailDone.embed_input`; the embed
 //!   stage reads it and deletes it after its result is delivered.
@@ -78,6 +82,15 @@ impl HandoffCache {
         true
     }
 
+    /// Whether an input of `bytes` would fit now (entries past their time to live count as
+    /// gone). The thumbnail stage asks before decoding: when the embed stage is far behind and
+    /// the cache is full, it makes the thumbnail alone, from its cheapest decode.
+    pub fn has_room(&self, bytes: usize) -> bool {
+        let st = self.inner.lock().expect("handoff cache lock");
+        st.bytes + bytes <= self.budget_bytes
+            || st.entries.values().any(|(at, _)| at.elapsed() >= self.ttl)
+    }
+
     /// Take the input of `photo_id` out, if it is here.
     pub fn take(&self, photo_id: &str) -> Option<Arc<EmbedInput>> {
         let mut st = self.inner.lock().expect("handoff cache lock");
@@ -110,6 +123,15 @@ mod tests {
         assert_eq!(cache.take("a").unwrap().byte_len(), 60);
         assert!(cache.take("a").is_none());
         assert!(cache.insert("b", input(60)));
+    }
+
+    #[test]
+    fn has_room_says_whether_an_input_would_fit() {
+        let cache = HandoffCache::new(100, Duration::from_secs(60));
+        assert!(cache.has_room(100));
+        assert!(cache.insert("a", input(60)));
+        assert!(cache.has_room(40));
+        assert!(!cache.has_room(41));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! subset of stages. See `README.md` at the repository root for the whole system.
 
 pub mod config;
+pub mod cpu_pool;
 pub mod embed;
 pub mod embed_stage;
 pub mod fair_queue;

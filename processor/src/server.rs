@@ -2,6 +2,7 @@
 //! SIGTERM/SIGINT, then shuts every stage down in order.
 
 use crate::config::{Config, Stage};
+use crate::cpu_pool::CpuPool;
 use crate::embed_stage::{embed_stage, EmbedConfig};
 use crate::handoff::{HandoffCache, HandoffMode};
 use crate::hook::DbHook;
@@ -133,6 +134,8 @@ pub async fn run(
                     Duration::from_secs(600),
                 ))
             });
+    // One pool of CPU workers for every stage here: thumbnail work first (`cpu_pool`).
+    let pool = CpuPool::new(cfg.cpu_workers());
     if cfg.runs(Stage::Thumbnail) {
         tracing::info!(?handoff, ?embed_max_side, "embed input hand-off");
         let stage = thumbnail_stage(
@@ -155,7 +158,6 @@ pub async fn run(
                 derived_keys: KeyPattern::parse(&cfg.derived_key_pattern)?,
                 max_in_flight: cfg.max_in_flight.max(1),
                 max_buffered: cfg.max_buffered.max(cfg.max_in_flight + 1),
-                cpu_workers: cfg.cpu_workers(),
                 shutdown_grace: Duration::from_secs(cfg.shutdown_grace_secs),
             },
             &kafka,
@@ -163,6 +165,7 @@ pub async fn run(
             ObjectStore::new(&storage, retry, cfg.max_object_bytes),
             DbHook::new(cfg.db_hook_url.clone(), retry),
             handoff_cache.clone(),
+            pool.clone(),
         )?;
         stages.spawn(stage.run(shutdown.clone()));
     }
@@ -198,6 +201,7 @@ pub async fn run(
             ObjectStore::new(&storage, retry, cfg.max_object_bytes),
             DbHook::new(cfg.db_hook_url.clone(), retry),
             handoff_cache,
+            pool.clone(),
         )?;
         stages.spawn(stage.run(shutdown.clone()));
     }

@@ -9,6 +9,9 @@
 //! - `kafka_consumer_lag{topic,partition}`: from librdkafka statistics
 //! - `webhook_requests_total{outcome}`, `webhook_events_rejected_total`, `photos_uploaded_total`
 //! - `retries_total{op}`, `duplicates_skipped_total`
+//! - `cpu_job_seconds{lane}`, `cpu_queue_wait_seconds{lane}`, `cpu_jobs_queued{lane}`: the CPU
+//!   worker pool (thumbnail lane before embed lane); the load test's capacity model reads
+//!   `cpu_job_seconds_sum`
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -19,7 +22,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             Matcher::Suffix("_seconds".into()),
             &[
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                60.0,
+                60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
             ],
         )?
         .install_recorder()?;
@@ -49,6 +52,21 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "Embed stage time per photo"
     );
     metrics::describe_histogram!("faces_per_photo", "Faces found per photo");
+    metrics::describe_histogram!(
+        "cpu_job_seconds",
+        metrics::Unit::Seconds,
+        "CPU time of each job on the CPU worker pool, by lane (thumbnail runs before embed)"
+    );
+    metrics::describe_histogram!(
+        "cpu_queue_wait_seconds",
+        metrics::Unit::Seconds,
+        "Time a job waited for a CPU worker, by lane"
+    );
+    metrics::describe_gauge!("cpu_jobs_queued", "Jobs waiting for a CPU worker, by lane");
+    metrics::describe_counter!(
+        "embed_handoff_total",
+        "Embed inputs handed to the embed stage, by result (memory, derivative, skipped_cache_full, failed)"
+    );
     metrics::describe_counter!(
         "photos_processed_total",
         "Photos finished by a stage, by status"

@@ -31,6 +31,15 @@ impl UserResult {
     pub fn upload_secs(&self) -> Option<f64> {
         Some(self.last_upload_done? - self.first_upload_start?)
     }
+    /// Seconds from the user's last acknowledged upload until the SSE event showing every
+    /// photo thumbnailed ("Processing your photos" is over).
+    pub fn thumb_wait(&self) -> Option<f64> {
+        Some((self.thumbs_done_at? - self.last_upload_done?).max(0.0))
+    }
+    /// The same until every photo's faces are indexed ("Indexing with AI" is over).
+    pub fn embed_wait(&self) -> Option<f64> {
+        Some((self.embeds_done_at? - self.last_upload_done?).max(0.0))
+    }
     /// When the user's last stage finished for every photo, as the browser saw it.
     pub fn completion_at(&self, expect_embeddings: bool) -> Option<f64> {
         if expect_embeddings {
@@ -52,6 +61,8 @@ pub struct RunInfo {
     pub users: usize,
     pub photos_per_user: usize,
     pub concurrency: usize,
+    /// Per-user upload bandwidth, Mbit/s (None: unlimited).
+    pub upload_mbps: Option<f64>,
     pub cores: f64,
     pub expect_embeddings: bool,
     pub start_wall_ms: i64,
@@ -78,20 +89,44 @@ pub struct Verdict {
     pub failed_thumbnails: u64,
     pub failed_embeddings: u64,
     pub failed_uploads: u64,
+    /// Slowest user's thumbnails-done time / fastest user's (from run start).
+    pub thumb_fairness: Option<f64>,
+    /// Max over users of [`UserResult::thumb_wait`].
+    pub thumb_wait_s: Option<f64>,
+    /// Max over users of [`UserResult::embed_wait`].
+    pub embed_wait_s: Option<f64>,
 }
 
 impl Verdict {
-    /// `ideal_ratio=… fairness=… lost=… double=…`
+    /// `ideal_ratio=… fairness=… lost=… double=… thumb_wait_s=… embed_wait_s=…`
     pub fn last_line(&self) -> String {
         let f = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "nan".into());
+        let s = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "nan".into());
         format!(
-            "ideal_ratio={} fairness={} lost={} double={}",
+            "ideal_ratio={} fairness={} lost={} double={} thumb_wait_s={} embed_wait_s={}",
             f(self.ideal_ratio),
             f(self.fairness),
             self.lost,
-            self.double
+            self.double,
+            s(self.thumb_wait_s),
+            s(self.embed_wait_s)
         )
     }
+}
+
+/// Max of the values if every user has one.
+fn max_all(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Option<Vec<f64>> = v.collect();
+    v.filter(|v| !v.is_empty())
+        .map(|v| v.into_iter().fold(f64::MIN, f64::max))
+}
+
+/// Slowest / fastest if every user has a value.
+fn spread(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Vec<f64> = v.collect::<Option<Vec<f64>>>()?;
+    let max = v.iter().cloned().fold(f64::MIN, f64::max);
+    let min = v.iter().cloned().fold(f64::MAX, f64::min);
+    (!v.is_empty() && min > 0.0).then(|| max / min)
 }
 
 /// Nearest-rank percentile of an ascending slice.
@@ -143,6 +178,9 @@ pub fn verdict(
         ideal_secs: processor_cpu.map(|c| c / info.cores),
         ..Default::default()
     };
+    v.thumb_wait_s = max_all(users.iter().map(UserResult::thumb_wait));
+    v.embed_wait_s = max_all(users.iter().map(UserResult::embed_wait));
+    v.thumb_fairness = spread(users.iter().map(|u| u.thumbs_done_at));
     let completions: Vec<Option<f64>> = users
         .iter()
         .map(|u| u.completion_at(info.expect_embeddings))
@@ -239,6 +277,7 @@ pub fn write(
     log: &StageLog,
     usage: &BTreeMap<String, Usage>,
     v: &Verdict,
+    capacity: Option<&super::capacity::CapacityModel>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut md = String::new();
@@ -246,7 +285,7 @@ pub fn write(
     let _ = writeln!(md, "```\n{}\n```\n", info.command);
     let _ = writeln!(
         md,
-        "Started {} UTC; {} users × {} photos (photo set: {} files, {:.1} MiB, from `{}`, cycled; each upload a distinct object); {} concurrent PUTs per user; stack: {}; cores for the ideal: {}; embeddings expected: {}. Wall time {:.1} s{}.\n",
+        "Started {} UTC; {} users × {} photos (photo set: {} files, {:.1} MiB, from `{}`, cycled; each upload a distinct object); {} concurrent PUTs per user{}; stack: {}; cores for the ideal: {}; embeddings expected: {}. Wall time {:.1} s{}.\n",
         info.started_utc,
         info.users,
         info.photos_per_user,
@@ -254,6 +293,10 @@ pub fn write(
         info.photo_bytes as f64 / 1048576.0,
         info.photos_dir,
         info.concurrency,
+        info
+            .upload_mbps
+            .map(|m| format!(" over a {m} Mbit/s line each"))
+            .unwrap_or_else(|| ", bandwidth unlimited (loopback)".into()),
         info.mode,
         info.cores,
         info.expect_embeddings,
@@ -271,6 +314,17 @@ pub fn write(
     );
     let _ = writeln!(md, "## Verdict\n\n```\n{}\n```\n", v.last_line());
     let _ = writeln!(md, "| figure | value | definition |\n|---|---|---|");
+    let _ = writeln!(md, "| thumb_wait_s | {} s | slowest user's wait from its last acknowledged upload to the SSE event showing all its thumbnails (\"Processing your photos\") |", opt(v.thumb_wait_s, 1));
+    let _ = writeln!(
+        md,
+        "| embed_wait_s | {} s | the same until all its embeddings (\"Indexing with AI\") |",
+        opt(v.embed_wait_s, 1)
+    );
+    let _ = writeln!(
+        md,
+        "| thumbnails fairness | {} | slowest user's time to all thumbnails / fastest user's |",
+        opt(v.thumb_fairness, 3)
+    );
     let _ = writeln!(md, "| ideal | {} s | processor CPU seconds over the run / cores (the time the pipeline's work would take if it kept every core busy and nothing else ran) |", opt(v.ideal_secs, 1));
     let _ = writeln!(md, "| ideal_ratio | {} | slowest user's completion time (run start → every photo done, as its SSE stream showed) / ideal |", opt(v.ideal_ratio, 3));
     let _ = writeln!(md, "| thumbnails ideal_ratio | {} | slowest user's time to all thumbnails / ideal (same ideal: it includes the embed work) |", opt(v.thumbs_ideal_ratio, 3));
@@ -359,6 +413,9 @@ pub fn write(
     }
     let _ = writeln!(md);
 
+    if let Some(c) = capacity {
+        md.push_str(&c.markdown());
+    }
     let _ = writeln!(md, "## Processes\n\nSampled from `/proc/PID/stat` and `/proc/PID/status` once a second over the run.\n");
     let _ = writeln!(md, "| process | CPU s | mean CPU % of one core | peak RSS MiB | RSS at end MiB |\n|---|---|---|---|---|");
     for (name, u) in usage {
@@ -492,6 +549,9 @@ pub fn write(
         "wall_secs": info.wall_secs,
         "timed_out": info.timed_out,
         "verdict": v,
+        "upload_mbps": info.upload_mbps,
+        "concurrency": info.concurrency,
+        "capacity": capacity,
         "per_user": users.iter().map(|u| serde_json::json!({
             "user": u.user,
             "uploaded": u.uploaded_ok,
@@ -500,6 +560,8 @@ pub fn write(
             "thumbs_done_at": u.thumbs_done_at,
             "embeds_done_at": u.embeds_done_at,
             "last_upload_done": u.last_upload_done,
+            "thumb_wait_s": u.thumb_wait(),
+            "embed_wait_s": u.embed_wait(),
         })).collect::<Vec<_>>(),
         "processes": usage.iter().map(|(n, u)| (n.clone(), serde_json::json!({
             "cpu_secs": u.cpu_used(), "rss_peak_mib": u.rss_peak_mib,

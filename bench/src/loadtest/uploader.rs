@@ -103,8 +103,41 @@ async fn put_one(t: &UploadTarget, key: &str, body: Vec<u8>) -> anyhow::Result<(
     Ok(())
 }
 
-/// Upload `count` photos for `user`, `concurrency` at a time, cycling through `photos`
-/// (starting at an offset per user so users do not upload the same file at the same moment).
+/// One user's upload line: with a bandwidth, every photo's bytes take their time on it, one
+/// after another however many PUTs are open, as on a home or office connection. The object
+/// reaches the store (and B2 notifies) when its last byte has been sent.
+pub struct UploadLink {
+    bytes_per_sec: Option<f64>,
+    free_at: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl UploadLink {
+    /// A line of `mbps` megabits per second; `None`: unlimited (loopback speed).
+    pub fn new(mbps: Option<f64>) -> Self {
+        Self {
+            bytes_per_sec: mbps.filter(|m| *m > 0.0).map(|m| m * 1e6 / 8.0),
+            free_at: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Wait until `bytes` have gone over the line.
+    async fn send(&self, bytes: usize) {
+        let Some(rate) = self.bytes_per_sec else {
+            return;
+        };
+        let done = {
+            let mut free_at = self.free_at.lock().await;
+            let begin = (*free_at).max(tokio::time::Instant::now());
+            *free_at = begin + Duration::from_secs_f64(bytes as f64 / rate);
+            *free_at
+        };
+        tokio::time::sleep_until(done).await;
+    }
+}
+
+/// Upload `count` photos for `user`, `concurrency` at a time over `link`, cycling through
+/// `photos` (starting at an offset per user so users do not upload the same file at the same
+/// moment).
 #[allow(clippy::too_many_arguments)]
 pub async fn upload_user(
     target: UploadTarget,
@@ -114,19 +147,21 @@ pub async fn upload_user(
     photos: Arc<Vec<(PathBuf, Vec<u8>)>>,
     count: usize,
     concurrency: usize,
+    link: Arc<UploadLink>,
     progress: Arc<UploadProgress>,
     start: Instant,
 ) {
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = vec![];
     for _ in 0..concurrency.max(1) {
-        let (target, run_id, user, photos, progress, next) = (
+        let (target, run_id, user, photos, progress, next, link) = (
             target.clone(),
             run_id.clone(),
             user.clone(),
             photos.clone(),
             progress.clone(),
             next.clone(),
+            link.clone(),
         );
         workers.push(tokio::spawn(async move {
             loop {
@@ -143,6 +178,7 @@ pub async fn upload_user(
                         *f = Some(start.elapsed().as_secs_f64());
                     }
                 }
+                link.send(bytes.len()).await;
                 match put_one(&target, &key, bytes.clone()).await {
                     Ok(()) => {
                         let done = progress.ok.fetch_add(1, Ordering::Relaxed) + 1;

@@ -7,6 +7,8 @@
 //! the detections, are identical to the reference's; other formats (and CMYK JPEGs) go through
 //! the `image` crate. EXIF orientation 2–8 is applied exactly (flips and transposes only).
 
+use super::input::{jpeg_decode_scale, EmbedInput};
+use super::resize::Resizer;
 use super::EmbedError;
 use crate::thumbnail::jpeg::{JpegColorspace, JpegDecoder, PixelLayout};
 use crate::thumbnail::orient;
@@ -23,6 +25,9 @@ pub struct OrientedRgb {
     /// Height after orientation.
     pub height: u32,
 }
+
+/// Width and height of the full photo, upright.
+type UprightSize = (u32, u32);
 
 /// Progressive-scan limit for JPEG (CPU-exhaustion guard, as in the thumbnailer).
 const MAX_JPEG_SCANS: u32 = 500;
@@ -43,8 +48,49 @@ pub fn decode_oriented_rgb(data: &[u8], max_pixels: u64) -> Result<OrientedRgb, 
     decode_other(data, max_pixels)
 }
 
+/// Decode `data` straight to the embed input of `max_side` (see [`EmbedInput`]): a JPEG is
+/// decoded at the smallest DCT scale that is still at least the input's size
+/// ([`jpeg_decode_scale`]), so a 12 MP photo is decoded at 1/2 scale rather than in full;
+/// other formats are decoded in full. Refuses images above `max_pixels`.
+pub fn decode_embed_input(
+    data: &[u8],
+    max_side: Option<u32>,
+    max_pixels: u64,
+    resizer: &mut Resizer,
+) -> Result<EmbedInput, EmbedError> {
+    if data.starts_with(&[0xFF, 0xD8]) {
+        if let Some((img, source)) = decode_jpeg_scaled(data, max_side, max_pixels)? {
+            return Ok(EmbedInput::from_reduced_upright(
+                &img.pixels,
+                (img.width, img.height),
+                source,
+                max_side,
+                resizer,
+            ));
+        }
+    }
+    let img = decode_oriented_rgb(data, max_pixels)?;
+    Ok(EmbedInput::from_upright(
+        &img.pixels,
+        img.width,
+        img.height,
+        max_side,
+        resizer,
+    ))
+}
+
 /// libjpeg-turbo path; `None` for CMYK/YCCK data, which it cannot convert to RGB.
 fn decode_jpeg(data: &[u8], max_pixels: u64) -> Result<Option<OrientedRgb>, EmbedError> {
+    Ok(decode_jpeg_scaled(data, None, max_pixels)?.map(|(img, _)| img))
+}
+
+/// [`decode_jpeg`] at the DCT scale for an embed input of `max_side` (full size for `None`);
+/// also returns the upright size of the full photo.
+fn decode_jpeg_scaled(
+    data: &[u8],
+    max_side: Option<u32>,
+    max_pixels: u64,
+) -> Result<Option<(OrientedRgb, UprightSize)>, EmbedError> {
     let corrupt = |e: crate::thumbnail::jpeg::JpegError| EmbedError::Decode {
         reason: FailureReason::CorruptImage,
         detail: format!("JPEG: {e}"),
@@ -60,16 +106,25 @@ fn decode_jpeg(data: &[u8], max_pixels: u64) -> Result<Option<OrientedRgb>, Embe
     if (header.width as u64) * (header.height as u64) > max_pixels {
         return Err(too_many(header.width as u64, header.height as u64));
     }
+    let num = jpeg_decode_scale(header.width, header.height, max_side);
     let (pixels, w, h) = dec
-        .decode_scaled(data, &header, 8, PixelLayout::Rgb)
+        .decode_scaled(data, &header, num, PixelLayout::Rgb)
         .map_err(corrupt)?;
     let tag = orient::scan_jpeg_markers(data).orientation;
     let (pixels, w, h) = orient::apply(pixels, w, h, 3, tag);
-    Ok(Some(OrientedRgb {
-        pixels,
-        width: w as u32,
-        height: h as u32,
-    }))
+    let source = if orient::swaps_axes(tag) {
+        (header.height as u32, header.width as u32)
+    } else {
+        (header.width as u32, header.height as u32)
+    };
+    Ok(Some((
+        OrientedRgb {
+            pixels,
+            width: w as u32,
+            height: h as u32,
+        },
+        source,
+    )))
 }
 
 /// `image` crate path (PNG, WebP, GIF, BMP, TIFF, CMYK JPEG): alpha dropped, grey replicated.

@@ -76,6 +76,53 @@ impl EmbedInput {
         }
     }
 
+    /// Prepare the input from an upright RGB8 image that is itself a reduced decode
+    /// (`width × height`, e.g. a JPEG decoded at 1/2 scale) of a `source_width × source_height`
+    /// photo: area-shrunk to the size [`from_upright`](Self::from_upright) would give the full
+    /// photo. The decode must not be smaller than that size (see [`jpeg_decode_scale`]).
+    pub fn from_reduced_upright(
+        rgb: &[u8],
+        (width, height): (u32, u32),
+        (source_width, source_height): (u32, u32),
+        max_side: Option<u32>,
+        resizer: &mut Resizer,
+    ) -> Self {
+        let (sw, sh) = (source_width as usize, source_height as usize);
+        let (dw, dh) = match max_side {
+            Some(m) if sw.max(sh) > m as usize => shrunk_size(sw, sh, m),
+            _ => (sw, sh),
+        };
+        let (w, h) = (width as usize, height as usize);
+        debug_assert!(w >= dw && h >= dh, "reduced decode smaller than the input");
+        let pixels = if (w, h) == (dw, dh) {
+            rgb.to_vec()
+        } else {
+            let mut out = Vec::new();
+            resizer.area_resize(
+                View {
+                    data: rgb,
+                    width: w,
+                    height: h,
+                },
+                Region { x0: 0, y0: 0, w, h },
+                dw,
+                dh,
+                &mut out,
+            );
+            // Round half up, as the reference's np.floor(v + 0.5); values stay in 0..=255.
+            out.iter()
+                .map(|&v| (v + 0.5).floor().clamp(0.0, 255.0) as u8)
+                .collect()
+        };
+        Self {
+            pixels,
+            width: dw as u32,
+            height: dh as u32,
+            source_width,
+            source_height,
+        }
+    }
+
     /// Bytes held (for the in-memory hand-off's budget).
     pub fn byte_len(&self) -> usize {
         self.pixels.len()
@@ -154,6 +201,25 @@ pub fn shrunk_size(w: usize, h: usize, max_side: u32) -> (usize, usize) {
     (dw, dh)
 }
 
+/// The DCT scale (decode at `num/8`: 8, 4, 2 or 1) at which a stored `w × h` JPEG is decoded
+/// for an embed input of `max_side`: the smallest decode that is still at least the input's
+/// size in both axes, so the input is an area shrink of it, as of the full image. libjpeg's
+/// scaled sizes round up (`ceil(w · num / 8)`), here as in Pillow's `draft`, which the
+/// reference pipeline uses the same way (`bench/embed/README.md`, §1).
+pub fn jpeg_decode_scale(w: usize, h: usize, max_side: Option<u32>) -> u8 {
+    let Some(m) = max_side.filter(|&m| w.max(h) > m as usize) else {
+        return 8;
+    };
+    let (dw, dh) = shrunk_size(w, h, m);
+    [1u8, 2, 4]
+        .into_iter()
+        .find(|&num| {
+            let scaled = |d: usize| (d * num as usize).div_ceil(8);
+            scaled(w) >= dw && scaled(h) >= dh
+        })
+        .unwrap_or(8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +244,36 @@ mod tests {
         assert_eq!(same.pixels, img);
         let none = EmbedInput::from_upright(&img, 400, 300, None, &mut r);
         assert_eq!((none.width, none.height), (400, 300));
+    }
+
+    #[test]
+    fn decode_scale_is_the_smallest_decode_not_below_the_input() {
+        // 12 MP phone photo to 1280: 1/2 gives 2016 (1/4 would give 1008 < 1280).
+        assert_eq!(jpeg_decode_scale(4032, 3024, Some(1280)), 4);
+        // 20 MP to 1280: 1/4 gives 1368 >= 1280.
+        assert_eq!(jpeg_decode_scale(5472, 3648, Some(1280)), 2);
+        // Exactly 8x: 1/8 is already the input's size.
+        assert_eq!(jpeg_decode_scale(10240, 7680, Some(1280)), 1);
+        // Small enough already, or no limit: full size.
+        assert_eq!(jpeg_decode_scale(1280, 960, Some(1280)), 8);
+        assert_eq!(jpeg_decode_scale(4032, 3024, None), 8);
+        // Portrait works the same way.
+        assert_eq!(jpeg_decode_scale(3024, 4032, Some(1280)), 4);
+    }
+
+    #[test]
+    fn a_reduced_decode_gives_the_full_size_input_geometry() {
+        let mut r = Resizer::default();
+        let img = gradient(200, 150);
+        let input =
+            EmbedInput::from_reduced_upright(&img, (200, 150), (400, 300), Some(100), &mut r);
+        assert_eq!((input.width, input.height), (100, 75));
+        assert_eq!((input.source_width, input.source_height), (400, 300));
+        assert_eq!(input.scale(), (4.0, 4.0));
+        // No shrink needed: the decode is the input.
+        let same =
+            EmbedInput::from_reduced_upright(&img, (200, 150), (200, 150), Some(400), &mut r);
+        assert_eq!(same.pixels, img);
     }
 
     #[test]

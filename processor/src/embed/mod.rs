@@ -33,7 +33,7 @@ use schemas::{Face, Failure, FailureReason};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use decode::{decode_oriented_rgb, OrientedRgb};
+pub use decode::{decode_embed_input, decode_oriented_rgb, OrientedRgb};
 pub use input::EmbedInput;
 pub use runtime::{default_model_dir, default_ort_dylib};
 
@@ -211,6 +211,18 @@ impl FaceEmbedder {
         })
     }
 
+    /// Decode a photo file straight to this profile's embed input (a JPEG at the smallest DCT
+    /// scale that suffices): what the embed stage does when the thumbnail stage handed nothing
+    /// over, and what `bench-embed` measures.
+    pub fn prepare(&mut self, data: &[u8], max_pixels: u64) -> Result<EmbedInput, EmbedError> {
+        decode::decode_embed_input(
+            data,
+            self.profile.embed_input_max_side(),
+            max_pixels,
+            &mut self.input_resizer,
+        )
+    }
+
     /// The loaded profile (its `name` must be stored with the embeddings).
     pub fn profile(&self) -> &Profile {
         &self.profile
@@ -267,7 +279,8 @@ impl FaceEmbedder {
         self.embed_input_timed(input).map(|(faces, _)| faces)
     }
 
-    fn embed_input_timed(
+    /// [`embed_input`](Self::embed_input), also returning the step durations.
+    pub fn embed_input_timed(
         &mut self,
         input: &EmbedInput,
     ) -> Result<(Vec<Face>, StepTimings), EmbedError> {

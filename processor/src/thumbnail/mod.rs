@@ -8,6 +8,7 @@ pub mod jpeg;
 pub mod orient;
 pub mod render;
 
+use crate::cpu_pool::{CpuPool, Lane};
 use crate::embed::EmbedInput;
 use crate::handoff::{HandoffCache, HandoffMode};
 use crate::hook::{DbHook, HookCall};
@@ -24,7 +25,6 @@ use schemas::{
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// Settings of the thumbnail stage.
 #[derive(Debug, Clone)]
@@ -45,7 +45,6 @@ pub struct ThumbnailConfig {
     pub derived_keys: KeyPattern,
     pub max_in_flight: usize,
     pub max_buffered: usize,
-    pub cpu_workers: usize,
     pub shutdown_grace: Duration,
 }
 
@@ -60,6 +59,7 @@ pub fn thumbnail_stage(
     store: ObjectStore,
     hook: DbHook,
     handoff_cache: Option<Arc<HandoffCache>>,
+    pool: Arc<CpuPool>,
 ) -> anyhow::Result<ThumbnailStage> {
     let runner = RunnerConfig {
         input_topic: cfg.input_topic.clone(),
@@ -70,7 +70,7 @@ pub fn thumbnail_stage(
         shutdown_grace: cfg.shutdown_grace,
     };
     let work = ThumbnailWork {
-        cpu: Semaphore::new(cfg.cpu_workers),
+        pool,
         outcomes: Outcomes::new(
             "thumbnail",
             producer,
@@ -114,17 +114,17 @@ pub struct ThumbnailWork {
     cfg: ThumbnailConfig,
     store: ObjectStore,
     hook: DbHook,
-    cpu: Semaphore,
+    pool: Arc<CpuPool>,
     outcomes: Outcomes,
     handoff_cache: Option<Arc<HandoffCache>>,
 }
 
 thread_local! {
-    /// One renderer per blocking thread, rebuilt if the options change.
+    /// One renderer per CPU worker thread, rebuilt if the options change.
     static RENDERER: RefCell<Option<Renderer>> = const { RefCell::new(None) };
 }
 
-/// Render on this blocking thread's renderer; with `embed = Some(max_side)` also make the
+/// Render on this CPU worker's renderer; with `embed = Some(max_side)` also make the
 /// embed input from the same decode.
 fn render_on_this_thread(
     opts: RenderOptions,
@@ -173,17 +173,26 @@ async fn make_thumbnail(
     timings.download_ms = t.elapsed().as_secs_f64() * 1e3;
 
     let t = Instant::now();
-    let permit = shared.cpu.acquire().await.expect("semaphore never closed");
     let opts = crate::settings::render_options(cfg.render);
-    let embed = (cfg.handoff != HandoffMode::None).then_some(cfg.embed_max_side);
-    let (rendered, embed_input) =
-        tokio::task::spawn_blocking(move || render_on_this_thread(opts, &original, embed))
-            .await
-            .map_err(|e| Failure {
-                reason: FailureReason::Internal,
-                detail: format!("render task panicked: {e}"),
-            })??;
-    drop(permit);
+    let embed = match (&cfg.handoff, &shared.handoff_cache) {
+        (HandoffMode::None, _) => None,
+        // The embed stage is far behind: thumbnail alone, from the cheapest decode.
+        (HandoffMode::Memory, Some(cache)) if !cache.has_room(embed_input_bytes(cfg)) => {
+            metrics::counter!("embed_handoff_total", "result" => "skipped_cache_full").increment(1);
+            None
+        }
+        _ => Some(cfg.embed_max_side),
+    };
+    let (rendered, embed_input) = shared
+        .pool
+        .run(Lane::Thumbnail, move || {
+            render_on_this_thread(opts, &original, embed)
+        })
+        .await
+        .map_err(|e| Failure {
+            reason: FailureReason::Internal,
+            detail: format!("render: {e}"),
+        })??;
     timings.decode_resize_encode_ms = t.elapsed().as_secs_f64() * 1e3;
     observe("decode", rendered.decode);
     observe("resize", rendered.resize);
@@ -235,9 +244,16 @@ async fn make_thumbnail(
     Ok((thumbnail, rendered.source, handed))
 }
 
-/// Hand the embed input over: into this process's cache when it fits (memory mode), else as a
-/// derivative object. A failed hand-off is not a failed photo: the embed stage then reads the
-/// original (counted in `embed_handoff_total{result="failed"}`).
+/// The most bytes one embed input takes (a square photo at the profile's size).
+fn embed_input_bytes(cfg: &ThumbnailConfig) -> usize {
+    let side = cfg.embed_max_side.unwrap_or(2048) as usize;
+    side * side * 3
+}
+
+/// Hand the embed input over: into this process's cache (memory mode; nothing if it has
+/// filled up meanwhile), or as a derivative object (derivative mode). A failed or skipped
+/// hand-off is not a failed photo: the embed stage then reads the original (counted in
+/// `embed_handoff_total{result}`).
 async fn hand_off(
     shared: &ThumbnailWork,
     ev: &PhotoUploaded,
@@ -258,12 +274,15 @@ async fn hand_off(
                 metrics::counter!("embed_handoff_total", "result" => "memory").increment(1);
                 return Some(reference);
             }
+            metrics::counter!("embed_handoff_total", "result" => "skipped_cache_full").increment(1);
+            return None;
         }
     }
     let t = Instant::now();
-    let permit = shared.cpu.acquire().await.expect("semaphore never closed");
-    let png = tokio::task::spawn_blocking(move || input.to_png()).await;
-    drop(permit);
+    let png = shared
+        .pool
+        .run(Lane::Thumbnail, move || input.to_png())
+        .await;
     let png = match png {
         Ok(Ok(png)) => png,
         Ok(Err(e)) => return handoff_failed(ev, &e),

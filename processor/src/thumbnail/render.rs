@@ -6,6 +6,7 @@
 
 use super::jpeg::{JpegColorspace, JpegDecoder, JpegEncoder, PixelLayout};
 use super::orient;
+use crate::embed::input::jpeg_decode_scale;
 use crate::embed::resize::Resizer as AreaResizer;
 use crate::embed::EmbedInput;
 use fast_image_resize as fr;
@@ -225,7 +226,7 @@ impl Renderer {
         })?;
         let start = Instant::now();
         let decoded = match format {
-            Format::Jpeg => self.decode_jpeg(data, embed.is_some())?,
+            Format::Jpeg => self.decode_jpeg(data, embed)?,
             Format::Heic | Format::Avif => {
                 return Err(fail(
                     FailureReason::UnsupportedFormat,
@@ -260,8 +261,18 @@ impl Renderer {
             }
             Some(max_side) => {
                 let (up, uw, uh) = orient::apply(rgb, width, height, 3, source.orientation);
-                let input =
-                    EmbedInput::from_upright(&up, uw as u32, uh as u32, max_side, &mut self.area);
+                let full = if orient::swaps_axes(source.orientation) {
+                    (source.height, source.width)
+                } else {
+                    (source.width, source.height)
+                };
+                let input = EmbedInput::from_reduced_upright(
+                    &up,
+                    (uw as u32, uh as u32),
+                    full,
+                    max_side,
+                    &mut self.area,
+                );
                 let target = if orient::swaps_axes(source.orientation) {
                     (target.1, target.0)
                 } else {
@@ -345,8 +356,10 @@ impl Renderer {
         Ok(())
     }
 
-    /// `full`: decode at full size (for the embed input), else shrink on load.
-    fn decode_jpeg(&mut self, data: &[u8], full: bool) -> Result<Decoded, Failure> {
+    /// Shrink on load for the thumbnail; with `embed = Some(max_side)` no further than the
+    /// embed input of `max_side` allows ([`jpeg_decode_scale`]; CMYK files in full, as the
+    /// reference decodes them).
+    fn decode_jpeg(&mut self, data: &[u8], embed: Option<Option<u32>>) -> Result<Decoded, Failure> {
         let header = self.jpeg_decoder.read_header(data).map_err(|e| {
             let too_big = e.0.contains("exceeds") || e.0.contains("limit");
             if too_big {
@@ -361,10 +374,17 @@ impl Renderer {
         self.check_pixels(header.width as u64, header.height as u64)?;
         let markers = orient::scan_jpeg_markers(data);
         let target = self.stored_target(header.width, header.height, markers.orientation);
-        let num = if full {
-            8
-        } else {
-            shrink_on_load(header.width, header.height, target)
+        let cmyk = matches!(
+            header.colorspace,
+            JpegColorspace::Cmyk | JpegColorspace::Ycck
+        );
+        let thumb_num = shrink_on_load(header.width, header.height, target);
+        let num = match embed {
+            None => thumb_num,
+            Some(_) if cmyk => 8,
+            Some(max_side) => {
+                jpeg_decode_scale(header.width, header.height, max_side).max(thumb_num)
+            }
         };
         // At 1/8 scale only the DC coefficient of each block matters: a progressive file's DC
         // scans carry all of it, so its AC scans (most of the file) need not be decoded.
@@ -374,10 +394,6 @@ impl Renderer {
             None
         };
         let data = dc_only.as_deref().unwrap_or(data);
-        let cmyk = matches!(
-            header.colorspace,
-            JpegColorspace::Cmyk | JpegColorspace::Ycck
-        );
         let layout = if cmyk {
             PixelLayout::Cmyk
         } else {
