@@ -33,10 +33,10 @@ async fn a_fresh_status_api_replays_a_large_backlog_exactly() {
     };
     backlog::create_topics(&brokers, &topics, 12).await.unwrap();
     let spec = BacklogSpec {
-        photos: 67_000,
+        photos: 68_000,
         users: 300,
         failed_every: 50,
-        faces_every: 20,
+        faces_every: 4,
         faces: 2,
         embedding_dim: 512,
     };
