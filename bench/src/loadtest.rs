@@ -77,6 +77,10 @@ struct Args {
     /// Extra processor settings for `--start-stack`, `NAME=VALUE` (e.g. `CPU_WORKERS=2`).
     #[arg(long = "processor-env", value_parser = parse_kv)]
     processor_env: Vec<(String, String)>,
+    /// With `--start-stack`: use this Kafka (e.g. Apache Kafka from `scripts/kafka up`) instead
+    /// of devstack's embedded broker.
+    #[arg(long)]
+    stack_kafka: Option<String>,
     /// Keep `--start-stack`'s data and logs in this directory.
     #[arg(long)]
     stack_dir: Option<PathBuf>,
@@ -309,8 +313,13 @@ async fn run(mut args: Args) -> anyhow::Result<i32> {
                 .to_path_buf(),
         };
         eprintln!("loadtest: starting devstack, processor (ingest,thumbnail,embed) and status-api from {bin_dir:?}");
-        let s = own_stack::OwnStack::start(&bin_dir, args.stack_dir.clone(), &args.processor_env)
-            .await?;
+        let s = own_stack::OwnStack::start(
+            &bin_dir,
+            args.stack_dir.clone(),
+            &args.processor_env,
+            args.stack_kafka.clone(),
+        )
+        .await?;
         args.s3_endpoint = s.s3_endpoint.clone();
         args.access_key = s.access_key.clone();
         args.secret_key = s.secret_key.clone();

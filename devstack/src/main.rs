@@ -30,6 +30,8 @@ struct S3Args {
 enum Command {
     /// Start the broker, the S3 server (with B2 notifications) and the hook sink; run until Ctrl-C.
     Up {
+        /// Where the embedded broker listens; `none` for no broker (Apache Kafka runs
+        /// instead: `DEV_KAFKA=apache scripts/dev`).
         #[arg(long, env = "KAFKA_ADDR", default_value = "127.0.0.1:9092")]
         kafka_addr: String,
         #[arg(long, env = "S3_ADDR", default_value = "127.0.0.1:9000")]
@@ -106,7 +108,11 @@ async fn main() -> anyhow::Result<()> {
             s3,
         } => {
             let kafka_dir = data_dir.join("kafka");
-            let kafka = spawn_broker(&kafka_addr, persist_kafka.then_some(kafka_dir.as_path()))?;
+            let kafka = if kafka_addr == "none" {
+                "none (an outside broker)".to_string()
+            } else {
+                spawn_broker(&kafka_addr, persist_kafka.then_some(kafka_dir.as_path()))?.to_string()
+            };
             let notify = B2Emulation::new(&webhook_url, &webhook_secret, &notify_prefix);
             let server = S3Server::spawn(S3Config {
                 addr: s3_addr,

@@ -91,10 +91,14 @@ impl OwnStack {
     /// Start devstack, the processor and status-api from `bin_dir`; `processor_env` adds
     /// settings (e.g. `CPU_WORKERS`) to the processor. Data and logs go under `dir` if given,
     /// else a temporary directory.
+    ///
+    /// With `kafka = Some(brokers)` the stack uses that broker (e.g. Apache Kafka from
+    /// `scripts/kafka up`) instead of devstack's embedded one; the topics are then this run's own.
     pub async fn start(
         bin_dir: &Path,
         dir: Option<PathBuf>,
         processor_env: &[(String, String)],
+        kafka: Option<String>,
     ) -> anyhow::Result<Self> {
         let (dir, tmp) = match dir {
             Some(d) => {
@@ -108,14 +112,15 @@ impl OwnStack {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let (kafka, s3, hook, proc_port, status_port) = (
+        let (kafka_port, s3, hook, proc_port, status_port) = (
             free_port()?,
             free_port()?,
             free_port()?,
             free_port()?,
             free_port()?,
         );
-        let brokers = format!("127.0.0.1:{kafka}");
+        let embedded = kafka.is_none();
+        let brokers = kafka.unwrap_or_else(|| format!("127.0.0.1:{kafka_port}"));
         let webhook_url = format!("http://127.0.0.1:{proc_port}/v1/b2/events");
         let webhook_secret = "loadtest-webhook-secret".to_string();
         let token_secret = "loadtest-token-secret".to_string();
@@ -138,7 +143,14 @@ impl OwnStack {
         let mut devstack = spawn(
             &bin_dir.join("devstack"),
             &[
-                ("KAFKA_ADDR", brokers.clone()),
+                (
+                    "KAFKA_ADDR",
+                    if embedded {
+                        brokers.clone()
+                    } else {
+                        "none".into()
+                    },
+                ),
                 ("S3_ADDR", format!("127.0.0.1:{s3}")),
                 ("HOOK_ADDR", format!("127.0.0.1:{hook}")),
                 ("DEV_PERSIST_KAFKA", "false".into()),
@@ -152,7 +164,9 @@ impl OwnStack {
             &log,
         )?;
         let waited = async {
-            wait_tcp(&brokers, "devstack broker", &mut devstack, &log).await?;
+            if embedded {
+                wait_tcp(&brokers, "devstack broker", &mut devstack, &log).await?;
+            }
             wait_tcp(
                 &format!("127.0.0.1:{s3}"),
                 "devstack S3",
