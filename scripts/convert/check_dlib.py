@@ -37,7 +37,7 @@ def make_inputs(repo: str, models: str, out: str) -> int:
     cw, ch = profile["alignment"]["output_size"]
     chips = []
     for name in PHOTOS:
-        rgb = embed_ref.decode(os.path.join(models, "test_images", name))
+        rgb, _, _ = embed_ref.decode(os.path.join(models, "test_images", name))
         boxes, pts = det.detect(rgb.astype(np.float64))
         if boxes.shape[0] == 0:
             raise SystemExit(f"no face found in {name}")
