@@ -128,7 +128,9 @@ def consistency_errors(docs):
     secrets = by_kind.get("Secret", {})
     services = by_kind.get("Service", {})
 
-    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+    # Cluster-scoped kinds have no namespace.
+    cluster_scoped = {"Namespace", "PriorityClass"}
+    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] not in cluster_scoped}
     if len(namespaces) != 1 or None in namespaces:
         errors.append(f"objects must all be in one namespace, found {sorted(map(str, namespaces))}")
 
@@ -288,6 +290,12 @@ def consistency_errors(docs):
             errors.append(f"Deployment/{target} has two autoscalers: {', '.join(owners)}")
         if "replicas" in deployments[target]["spec"]:
             errors.append(f"Deployment/{target} is autoscaled ({owners[0]}) but sets spec.replicas; kubectl apply would reset it")
+    # Every pod's priority class is declared (an unknown one makes the pod unschedulable).
+    priority_classes = set(by_kind.get("PriorityClass", {}))
+    for name, d in deployments.items():
+        pc = d["spec"]["template"]["spec"].get("priorityClassName")
+        if pc is not None and pc not in priority_classes:
+            errors.append(f"Deployment {name}: priorityClassName {pc} is not declared")
     return errors
 
 
