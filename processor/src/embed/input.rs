@@ -37,43 +37,7 @@ impl EmbedInput {
         max_side: Option<u32>,
         resizer: &mut Resizer,
     ) -> Self {
-        let (w, h) = (width as usize, height as usize);
-        match max_side {
-            Some(m) if w.max(h) > m as usize => {
-                let (dw, dh) = shrunk_size(w, h, m);
-                let mut out = Vec::new();
-                resizer.area_resize(
-                    View {
-                        data: rgb,
-                        width: w,
-                        height: h,
-                    },
-                    Region { x0: 0, y0: 0, w, h },
-                    dw,
-                    dh,
-                    &mut out,
-                );
-                // Round half up, as the reference's np.floor(v + 0.5); values stay in 0..=255.
-                let pixels = out
-                    .iter()
-                    .map(|&v| (v + 0.5).floor().clamp(0.0, 255.0) as u8)
-                    .collect();
-                Self {
-                    pixels,
-                    width: dw as u32,
-                    height: dh as u32,
-                    source_width: width,
-                    source_height: height,
-                }
-            }
-            _ => Self {
-                pixels: rgb.to_vec(),
-                width,
-                height,
-                source_width: width,
-                source_height: height,
-            },
-        }
+        Self::from_reduced_upright(rgb, (width, height), (width, height), max_side, resizer)
     }
 
     /// Prepare the input from an upright RGB8 image that is itself a reduced decode
