@@ -244,7 +244,8 @@ async fn make_thumbnail(
     Ok((thumbnail, rendered.source, handed))
 }
 
-/// The most bytes one embed input takes (a square photo at the profile's size).
+/// The most bytes one embed input takes: a square photo at the profile's size (a profile
+/// without a size limit keeps whole photos; 2048 px is then only an estimate for the check).
 fn embed_input_bytes(cfg: &ThumbnailConfig) -> usize {
     let side = cfg.embed_max_side.unwrap_or(2048) as usize;
     side * side * 3
