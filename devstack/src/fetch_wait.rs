@@ -54,19 +54,27 @@ pub fn relay(client: TcpStream, upstream: SocketAddr) -> io::Result<()> {
         };
         write_frame(&mut to_broker, &request)?;
         let mut response = read_frame(&mut from_broker, MAX_BROKER_FRAME)?.ok_or_else(closed)?;
-        if let Some(wait) = fetch_wait(&request) {
-            let deadline = Instant::now() + wait;
-            while fetch_found_nothing(&request, &response) {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
+        // A Fetch is decoded once, and each of its answers once (records are not copied).
+        if let Some(fetch) = Fetch::decode(&request) {
+            let mut answer = fetch.answer(&response);
+            if let Some(wait) = fetch.max_wait() {
+                let deadline = Instant::now() + wait;
+                while answer.as_ref().is_some_and(|(_, a)| found_nothing(a)) {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(REPOLL.min(deadline - now));
+                    write_frame(&mut to_broker, &request)?;
+                    response =
+                        read_frame(&mut from_broker, MAX_BROKER_FRAME)?.ok_or_else(closed)?;
+                    answer = fetch.answer(&response);
                 }
-                std::thread::sleep(REPOLL.min(deadline - now));
-                write_frame(&mut to_broker, &request)?;
-                response = read_frame(&mut from_broker, MAX_BROKER_FRAME)?.ok_or_else(closed)?;
+            }
+            if let Some((header, answer)) = answer {
+                response = fetch.limit(header, answer).unwrap_or(response);
             }
         }
-        let response = limit_fetch_response(&request, response);
         write_frame(&mut to_client, &response)?;
     })();
     let _ = broker.shutdown(std::net::Shutdown::Both);
@@ -109,113 +117,109 @@ fn api(request: &[u8]) -> Option<(ApiKey, i16)> {
     Some((ApiKey::try_from(key).ok()?, version))
 }
 
-/// How long Kafka would hold this request if it found no records: `max_wait_ms` of a Fetch;
-/// `None` for any other request (or one that does not decode: passed through as it is).
-fn fetch_wait(request: &[u8]) -> Option<Duration> {
-    let (ApiKey::Fetch, version) = api(request)? else {
-        return None;
-    };
-    let mut buf = BytesMut::from(request);
-    RequestHeader::decode(&mut buf, ApiKey::Fetch.request_header_version(version)).ok()?;
-    let fetch = FetchRequest::decode(&mut buf, version).ok()?;
-    (fetch.max_wait_ms > 0).then(|| Duration::from_millis(fetch.max_wait_ms as u64))
+/// A Fetch request, decoded: its version and body.
+struct Fetch {
+    version: i16,
+    request: FetchRequest,
 }
 
-/// Whether a Fetch's response carries no records and no error: the case Kafka holds.
-fn fetch_found_nothing(request: &[u8], response: &[u8]) -> bool {
-    let Some((ApiKey::Fetch, version)) = api(request) else {
-        return false;
-    };
-    let mut buf = BytesMut::from(response);
-    if ResponseHeader::decode(&mut buf, ApiKey::Fetch.response_header_version(version)).is_err() {
-        return false;
+impl Fetch {
+    /// `None` for any other request, or one that does not decode (passed through as it is).
+    fn decode(request: &[u8]) -> Option<Self> {
+        let (ApiKey::Fetch, version) = api(request)? else {
+            return None;
+        };
+        let mut buf = request;
+        RequestHeader::decode(&mut buf, ApiKey::Fetch.request_header_version(version)).ok()?;
+        let request = FetchRequest::decode(&mut buf, version).ok()?;
+        Some(Self { version, request })
     }
-    let Ok(fetch) = FetchResponse::decode(&mut buf, version) else {
-        return false;
-    };
-    fetch.error_code == 0
-        && fetch.responses.iter().all(|topic| {
+
+    /// How long Kafka would hold this request if it found no records (`max_wait_ms`).
+    fn max_wait(&self) -> Option<Duration> {
+        let ms = self.request.max_wait_ms;
+        (ms > 0).then(|| Duration::from_millis(ms as u64))
+    }
+
+    /// The broker's answer to it, decoded without copying the records; `None` if it does not
+    /// decode (then passed through as it is).
+    fn answer(&self, response: &Bytes) -> Option<(ResponseHeader, FetchResponse)> {
+        let mut buf = response.clone();
+        let header = ResponseHeader::decode(
+            &mut buf,
+            ApiKey::Fetch.response_header_version(self.version),
+        )
+        .ok()?;
+        let answer = FetchResponse::decode(&mut buf, self.version).ok()?;
+        Some((header, answer))
+    }
+
+    /// The answer cut to this request's size limits, as Kafka sizes it (see the module doc);
+    /// `None` when it is within them already (or cannot be encoded): send it as it came.
+    fn limit(&self, header: ResponseHeader, mut answer: FetchResponse) -> Option<Bytes> {
+        let (version, fetch) = (self.version, &self.request);
+        // Before version 3 a Fetch had no overall limit.
+        let max_bytes = if version >= 3 && fetch.max_bytes > 0 {
+            fetch.max_bytes as usize
+        } else {
+            usize::MAX
+        };
+        // noida-db answers the topics in the request's order; else the smallest limit asked.
+        let smallest = fetch
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.partition_max_bytes))
+            .filter(|&b| b > 0)
+            .min()
+            .unwrap_or(i32::MAX);
+        let same_shape = fetch.topics.len() == answer.responses.len();
+        let mut total = 0usize;
+        let mut cut = false;
+        for (ti, topic) in answer.responses.iter_mut().enumerate() {
+            for p in topic.partitions.iter_mut() {
+                let Some(records) = p.records.as_ref().filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                let limit = same_shape
+                    .then(|| {
+                        fetch.topics[ti]
+                            .partitions
+                            .iter()
+                            .find(|q| q.partition == p.partition_index)
+                            .map(|q| q.partition_max_bytes)
+                    })
+                    .flatten()
+                    .filter(|&b| b > 0)
+                    .unwrap_or(smallest) as usize;
+                let budget = limit.min(max_bytes.saturating_sub(total));
+                let keep = whole_batches_within(records, budget, total == 0);
+                if keep < records.len() {
+                    p.records = Some(records.slice(..keep));
+                    cut = true;
+                }
+                total += keep;
+            }
+        }
+        if !cut {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        header
+            .encode(&mut out, ApiKey::Fetch.response_header_version(version))
+            .and_then(|()| answer.encode(&mut out, version))
+            .ok()?;
+        Some(out.freeze())
+    }
+}
+
+/// Whether a Fetch answer carries no records and no error: the case Kafka holds.
+fn found_nothing(answer: &FetchResponse) -> bool {
+    answer.error_code == 0
+        && answer.responses.iter().all(|topic| {
             topic.partitions.iter().all(|p| {
                 p.error_code == 0 && p.records.as_ref().is_none_or(|records| records.is_empty())
             })
         })
-}
-
-/// A Fetch answer cut to the request's size limits, as Kafka sizes it (see the module doc);
-/// any other answer, or one that does not decode, unchanged.
-fn limit_fetch_response(request: &[u8], response: Bytes) -> Bytes {
-    let Some((ApiKey::Fetch, version)) = api(request) else {
-        return response;
-    };
-    let mut buf = BytesMut::from(request);
-    if RequestHeader::decode(&mut buf, ApiKey::Fetch.request_header_version(version)).is_err() {
-        return response;
-    }
-    let Ok(fetch) = FetchRequest::decode(&mut buf, version) else {
-        return response;
-    };
-    let mut buf = BytesMut::from(&response[..]);
-    let Ok(header) =
-        ResponseHeader::decode(&mut buf, ApiKey::Fetch.response_header_version(version))
-    else {
-        return response;
-    };
-    let Ok(mut answer) = FetchResponse::decode(&mut buf, version) else {
-        return response;
-    };
-    // Before version 3 a Fetch had no overall limit.
-    let max_bytes = if version >= 3 && fetch.max_bytes > 0 {
-        fetch.max_bytes as usize
-    } else {
-        usize::MAX
-    };
-    // noida-db answers the topics in the request's order; else the smallest limit asked.
-    let smallest = fetch
-        .topics
-        .iter()
-        .flat_map(|t| t.partitions.iter().map(|p| p.partition_max_bytes))
-        .filter(|&b| b > 0)
-        .min()
-        .unwrap_or(i32::MAX);
-    let same_shape = fetch.topics.len() == answer.responses.len();
-    let mut total = 0usize;
-    let mut cut = false;
-    for (ti, topic) in answer.responses.iter_mut().enumerate() {
-        for p in topic.partitions.iter_mut() {
-            let Some(records) = p.records.as_ref().filter(|r| !r.is_empty()) else {
-                continue;
-            };
-            let limit = same_shape
-                .then(|| {
-                    fetch.topics[ti]
-                        .partitions
-                        .iter()
-                        .find(|q| q.partition == p.partition_index)
-                        .map(|q| q.partition_max_bytes)
-                })
-                .flatten()
-                .filter(|&b| b > 0)
-                .unwrap_or(smallest) as usize;
-            let budget = limit.min(max_bytes.saturating_sub(total));
-            let keep = whole_batches_within(records, budget, total == 0);
-            if keep < records.len() {
-                p.records = Some(records.slice(..keep));
-                cut = true;
-            }
-            total += keep;
-        }
-    }
-    if !cut {
-        return response;
-    }
-    let mut out = BytesMut::new();
-    let encoded = header
-        .encode(&mut out, ApiKey::Fetch.response_header_version(version))
-        .and_then(|()| answer.encode(&mut out, version));
-    match encoded {
-        Ok(()) => out.freeze(),
-        Err(_) => response,
-    }
 }
 
 /// How many leading bytes of `records` are whole record batches totalling at most `budget`
@@ -242,6 +246,25 @@ mod tests {
     use kafka_protocol::protocol::{Encodable, StrBytes};
 
     const VERSION: i16 = 11;
+
+    /// How long the relay holds `request` when nothing is found (`None`: not held).
+    fn fetch_wait(request: &[u8]) -> Option<Duration> {
+        Fetch::decode(request)?.max_wait()
+    }
+
+    /// Whether the relay would hold `response` to `request`.
+    fn fetch_found_nothing(request: &[u8], response: &[u8]) -> bool {
+        Fetch::decode(request)
+            .and_then(|f| f.answer(&Bytes::copy_from_slice(response)))
+            .is_some_and(|(_, a)| found_nothing(&a))
+    }
+
+    /// The answer as the relay sends it on.
+    fn limit_fetch_response(request: &[u8], response: Bytes) -> Bytes {
+        let fetch = Fetch::decode(request).expect("a Fetch");
+        let (header, answer) = fetch.answer(&response).expect("an answer");
+        fetch.limit(header, answer).unwrap_or(response)
+    }
 
     fn request(max_wait_ms: i32) -> Vec<u8> {
         let mut buf = BytesMut::new();
