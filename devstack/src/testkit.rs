@@ -488,3 +488,89 @@ pub fn signed_event(bucket: &str, key: &str, version: &str, event_id: &str) -> (
     let sig = crate::b2::signature(SECRET.as_bytes(), &body);
     (body, sig)
 }
+
+/// Whether the external broker of `TEST_KAFKA_BROKERS` is Apache Kafka (`TEST_KAFKA_KIND=apache`,
+/// set by the test command's Apache Kafka suites): tests that must restart the broker then run
+/// an Apache Kafka broker of their own ([`ApacheKafka`]) instead of the embedded one.
+pub fn testing_apache_kafka() -> bool {
+    std::env::var("TEST_KAFKA_KIND").is_ok_and(|k| k == "apache")
+}
+
+/// An Apache Kafka broker of one test's own (`scripts/kafka`, jars from Maven Central), so the
+/// test can crash and restart it; stopped and its data removed on drop.
+pub struct ApacheKafka {
+    script: PathBuf,
+    dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl ApacheKafka {
+    /// Format and start a broker on a free port (`scripts/kafka up`).
+    pub fn start() -> std::io::Result<Self> {
+        let script = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run under cargo"))
+            .join("../scripts/kafka");
+        let dir = tempfile::tempdir()?;
+        let mut broker = Self {
+            script,
+            dir,
+            addr: String::new(),
+        };
+        let port = free_port().to_string();
+        broker.addr = broker.script(&["up", "--port", &port])?;
+        Ok(broker)
+    }
+
+    /// Its bootstrap address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// A crash: SIGKILL, no controlled shutdown (the log's tail is recovered on restart).
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        let pid = std::fs::read_to_string(self.data().join("kafka.pid"))?;
+        let status = Command::new("kill").args(["-KILL", pid.trim()]).status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!("kill -KILL {pid} failed")));
+        }
+        Ok(())
+    }
+
+    /// Start it again on its data and port (`scripts/kafka up --keep`).
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        let addr = self.script(&["up", "--keep"])?;
+        if addr != self.addr {
+            return Err(std::io::Error::other(format!(
+                "restarted on {addr}, not {}",
+                self.addr
+            )));
+        }
+        Ok(())
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("kafka")
+    }
+
+    /// Run `scripts/kafka CMD … --dir DATA`; its stdout (the bootstrap address for `up`).
+    fn script(&self, args: &[&str]) -> std::io::Result<String> {
+        let out = Command::new(&self.script)
+            .args(args)
+            .arg("--dir")
+            .arg(self.data())
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "scripts/kafka {args:?} failed: {}",
+                out.status
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for ApacheKafka {
+    fn drop(&mut self) {
+        let _ = self.script(&["down"]);
+    }
+}

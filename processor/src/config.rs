@@ -87,6 +87,13 @@ pub struct Config {
     #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
     pub group_instance_id: Option<String>,
 
+    /// Consumer-group protocol of the stages: `classic`, or `consumer` (KIP-848, needs Apache
+    /// Kafka ≥ 4.0). Measured on Apache Kafka 4.4 (README, "Consumer-group protocol"): after a
+    /// kill -9, classic with static membership recovers at once; consumer refuses the
+    /// restarted member until the broker's session timeout has passed.
+    #[arg(long, env = "KAFKA_GROUP_PROTOCOL", value_enum, default_value_t = crate::kafka::GroupProtocol::Classic)]
+    pub group_protocol: crate::kafka::GroupProtocol,
+
     /// Consumer group of the embed stage.
     #[arg(long, env = "EMBED_GROUP", default_value = "photo-pipeline-embed")]
     pub embed_group: String,

@@ -14,6 +14,42 @@ use std::time::Duration;
 pub struct KafkaConfig {
     pub brokers: String,
     pub options: Vec<String>,
+    /// The consumer-group protocol of the stages' consumers.
+    pub group_protocol: GroupProtocol,
+}
+
+/// Which consumer-group protocol the stages' consumers speak (README, "Apache Kafka").
+///
+/// Both are supported by Apache Kafka 4.x and the librdkafka we bundle. They differ in where a
+/// member's liveness is judged and in what a restarted static member meets: with `classic` it
+/// takes its partitions straight back; with `consumer` (KIP-848) the broker refuses the same
+/// `group.instance.id` until the killed member's session (broker side,
+/// `group.consumer.session.timeout.ms`, 45 s by default) has expired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupProtocol {
+    /// JoinGroup/SyncGroup/Heartbeat, eager assignment; session timeout set by the client.
+    #[default]
+    Classic,
+    /// KIP-848 (`group.protocol=consumer`): the broker assigns partitions incrementally; the
+    /// session timeout and heartbeat interval are the broker's (or the group's) settings.
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The librdkafka properties of a group member: the protocol, and the session timeout
+    /// where the client sets it (librdkafka refuses `session.timeout.ms` with `consumer`).
+    pub fn member_settings(self, session_timeout: Duration) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Classic => vec![
+                ("group.protocol", "classic".into()),
+                (
+                    "session.timeout.ms",
+                    session_timeout.as_millis().to_string(),
+                ),
+            ],
+            Self::Consumer => vec![("group.protocol", "consumer".into())],
+        }
+    }
 }
 
 impl KafkaConfig {

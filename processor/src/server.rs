@@ -37,6 +37,7 @@ pub async fn run(
     let kafka = KafkaConfig {
         brokers: cfg.kafka_brokers.clone(),
         options: cfg.kafka_options.clone(),
+        group_protocol: cfg.group_protocol,
     };
     let photo_keys = KeyPattern::parse(&cfg.photo_key_pattern)?;
     let thumb_keys = KeyPattern::parse(&cfg.thumb_key_pattern)?;

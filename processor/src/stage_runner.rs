@@ -16,6 +16,7 @@
 use crate::fair_queue::FairQueue;
 use crate::kafka::KafkaConfig;
 use crate::offsets::{OffsetTracker, Ticket, TopicPartition};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -121,6 +122,13 @@ impl PartitionIntake {
         *n >= share && self.paused.insert(tp.clone())
     }
 
+    /// The group gave us `assigned`: forget the pauses of partitions we no longer own and
+    /// return the paused ones we still do (to pause them again where the rebalance resumed them).
+    fn reassigned(&mut self, assigned: &HashSet<TopicPartition>) -> Vec<TopicPartition> {
+        self.paused.retain(|tp| assigned.contains(tp));
+        self.paused.iter().cloned().collect()
+    }
+
     /// A record of `tp` finished; whether `tp` should now be resumed (below half its share;
     /// it then no longer counts as paused).
     fn finished(&mut self, tp: &TopicPartition, share: usize) -> bool {
@@ -139,9 +147,33 @@ impl PartitionIntake {
 pub struct StageRunner<W: StageWork> {
     cfg: RunnerConfig,
     work: Arc<W>,
+    consumer_config: ClientConfig,
     consumer: StreamConsumer<StageContext>,
     tracker: Arc<Mutex<OffsetTracker>>,
     rebalanced: Arc<AtomicBool>,
+}
+
+/// How one membership of the group ended.
+enum Ended {
+    /// Shutdown: in-flight work finished or abandoned, offsets committed.
+    Stopped,
+    /// The broker refused our static instance id (still held by a dead predecessor).
+    InstanceIdInUse(String),
+}
+
+/// Create the stage's consumer and subscribe it to `topic`.
+fn join(
+    config: &ClientConfig,
+    topic: &str,
+    tracker: &Arc<Mutex<OffsetTracker>>,
+    rebalanced: &Arc<AtomicBool>,
+) -> anyhow::Result<StreamConsumer<StageContext>> {
+    let consumer: StreamConsumer<StageContext> = config.create_with_context(StageContext {
+        tracker: tracker.clone(),
+        rebalanced: rebalanced.clone(),
+    })?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
 }
 
 struct Job<I> {
@@ -156,31 +188,31 @@ impl<W: StageWork> StageRunner<W> {
     pub fn new(cfg: RunnerConfig, kafka: &KafkaConfig, work: W) -> anyhow::Result<Self> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let rebalanced = Arc::new(AtomicBool::new(false));
-        let mut consumer_config = kafka.client_config_with(&[
-            ("group.id", &cfg.group),
+        let member = kafka
+            .group_protocol
+            .member_settings(Duration::from_secs(10));
+        let mut defaults = vec![
+            ("group.id", cfg.group.as_str()),
             ("enable.auto.commit", "true"),
             ("auto.commit.interval.ms", "1000"),
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
-            ("session.timeout.ms", "10000"),
-            // Also the rebalance timeout: how long a rebalance waits for a member that
-            // stopped answering. We keep polling even when busy (partitions are paused, not
-            // starved), so this can be short.
+            // Also the classic protocol's rebalance timeout: how long a rebalance waits for a
+            // member that stopped answering. We keep polling even when busy (partitions are
+            // paused, not starved), so this can be short.
             ("max.poll.interval.ms", "60000"),
             ("statistics.interval.ms", "5000"),
-        ])?;
+        ];
+        defaults.extend(member.iter().map(|(k, v)| (*k, v.as_str())));
+        let mut consumer_config = kafka.client_config_with(&defaults)?;
         if let Some(id) = &cfg.group_instance_id {
             consumer_config.set("group.instance.id", id);
         }
-        let consumer: StreamConsumer<StageContext> =
-            consumer_config.create_with_context(StageContext {
-                tracker: tracker.clone(),
-                rebalanced: rebalanced.clone(),
-            })?;
-        consumer.subscribe(&[&cfg.input_topic])?;
+        let consumer = join(&consumer_config, &cfg.input_topic, &tracker, &rebalanced)?;
         Ok(Self {
             cfg,
             work: Arc::new(work),
+            consumer_config,
             consumer,
             tracker,
             rebalanced,
@@ -189,7 +221,37 @@ impl<W: StageWork> StageRunner<W> {
 
     /// Consume and process until `shutdown` is cancelled, then finish (or abandon, after the
     /// grace period) in-flight photos and commit what finished.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    ///
+    /// A static member whose instance id the group still holds (KIP-848 after a kill -9: the
+    /// broker keeps the dead member until its session expires, and librdkafka makes that
+    /// error fatal) joins again every 5 s in this process, instead of crash-looping.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            match self.consume(&shutdown).await? {
+                Ended::Stopped => return Ok(()),
+                Ended::InstanceIdInUse(reason) => {
+                    let stage = self.work.name();
+                    tracing::warn!(stage, %reason, instance = ?self.cfg.group_instance_id,
+                        "the group still holds this static member's instance id (its previous process died without leaving; the broker releases it when that session expires): joining again in 5 s");
+                    metrics::counter!("kafka_group_rejoins_total", "stage" => stage).increment(1);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                    *self.tracker.lock().expect("tracker lock") = OffsetTracker::default();
+                    self.consumer = join(
+                        &self.consumer_config,
+                        &self.cfg.input_topic,
+                        &self.tracker,
+                        &self.rebalanced,
+                    )?;
+                }
+            }
+        }
+    }
+
+    /// One membership of the group: consume until shutdown or a fatal consumer error.
+    async fn consume(&self, shutdown: &CancellationToken) -> anyhow::Result<Ended> {
         let cfg = &self.cfg;
         let stage = self.work.name();
         let mut queue: FairQueue<Job<W::Input>> = FairQueue::default();
@@ -207,8 +269,14 @@ impl<W: StageWork> StageRunner<W> {
             metrics::gauge!("photos_in_flight", "stage" => stage).set(running.len() as f64);
             metrics::gauge!("photos_buffered", "stage" => stage).set(queue.len() as f64);
             if self.rebalanced.swap(false, Ordering::SeqCst) {
-                // A new assignment starts unpaused, and the share depends on its size.
-                intake.paused.clear();
+                // The share depends on the assignment's size. A partition that used its share
+                // stays paused if we still own it: after an eager (classic) rebalance it came
+                // back unpaused, after an incremental (KIP-848) one it never stopped being
+                // paused, and nothing else would resume it.
+                let assigned = self.assigned();
+                for tp in intake.reassigned(&assigned) {
+                    self.set_paused(&tp, true);
+                }
                 share = self.partition_share();
             }
             tokio::select! {
@@ -239,8 +307,10 @@ impl<W: StageWork> StageRunner<W> {
                         // consumer dead for good: stop, so the process exits and is restarted,
                         // instead of staying up and processing nothing.
                         if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                            tracing::error!(?code, %reason, stage, "Kafka consumer failed fatally; stopping the stage");
-                            fatal = Some(reason);
+                            if code != RDKafkaErrorCode::UnreleasedInstanceId {
+                                tracing::error!(?code, %reason, stage, "Kafka consumer failed fatally; stopping the stage");
+                            }
+                            fatal = Some((code, reason));
                             break;
                         }
                         tracing::warn!(%e, "Kafka consumer error");
@@ -260,6 +330,23 @@ impl<W: StageWork> StageRunner<W> {
             }
         }
 
+        if let Some((RDKafkaErrorCode::UnreleasedInstanceId, reason)) = fatal {
+            // The consumer is gone, and our partitions with it. What runs finishes and is
+            // delivered, but not committed: after the rejoin those records come again, and
+            // their outputs repeat harmlessly (keyed by the photo id).
+            loop {
+                tokio::select! {
+                    done = running.join_next() => if done.is_none() { break },
+                    _ = shutdown.cancelled() => {
+                        self.work.abandon();
+                        running.abort_all();
+                        return Ok(Ended::Stopped);
+                    }
+                }
+            }
+            self.work.flush();
+            return Ok(Ended::InstanceIdInUse(reason));
+        }
         tracing::info!(
             in_flight = running.len(),
             queued = queue.len(),
@@ -290,11 +377,11 @@ impl<W: StageWork> StageRunner<W> {
                 tracing::warn!(%e, "final offset commit failed (records since the last commit will be redelivered)")
             }
         }
-        if let Some(reason) = fatal {
+        if let Some((_, reason)) = fatal {
             anyhow::bail!("{stage} stage: Kafka consumer failed: {reason}");
         }
         tracing::info!(stage, "stage stopped");
-        Ok(())
+        Ok(Ended::Stopped)
     }
 
     /// Each assigned partition's share of the lookahead (at least `max_in_flight`, so that one
@@ -306,6 +393,19 @@ impl<W: StageWork> StageRunner<W> {
             .map_or(1, |tpl| tpl.count())
             .max(1);
         (self.cfg.max_buffered / partitions).max(self.cfg.max_in_flight)
+    }
+
+    /// The partitions this consumer owns now.
+    fn assigned(&self) -> HashSet<TopicPartition> {
+        self.consumer
+            .assignment()
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn set_paused(&self, tp: &TopicPartition, pause: bool) {
@@ -365,6 +465,25 @@ mod tests {
         assert!(
             !intake.finished(&tp(1), 4),
             "never paused: nothing to resume"
+        );
+    }
+
+    #[test]
+    fn a_rebalance_keeps_the_pauses_of_partitions_still_owned() {
+        let mut intake = PartitionIntake::default();
+        assert!(intake.took(&tp(0), 1));
+        assert!(intake.took(&tp(1), 1));
+        // Partition 1 went to another member; partition 0 stayed (an incremental rebalance).
+        let assigned: HashSet<_> = [tp(0), tp(2)].into_iter().collect();
+        assert_eq!(intake.reassigned(&assigned), vec![tp(0)]);
+        // Still counted as paused, so finishing its record resumes it.
+        assert!(
+            intake.finished(&tp(0), 1),
+            "a kept pause is resumed when done"
+        );
+        assert!(
+            !intake.finished(&tp(1), 1),
+            "a revoked partition is not resumed"
         );
     }
 }

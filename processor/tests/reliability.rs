@@ -110,13 +110,28 @@ impl StageProcess {
             .stderr(Stdio::inherit());
         self.child = Some(cmd.spawn().expect("start processor"));
         let url = format!("http://127.0.0.1:{}/readyz", self.port);
-        wait_for(Duration::from_secs(120), "stage process ready", || async {
-            reqwest::get(&url)
+        let started = Instant::now();
+        loop {
+            let ready = reqwest::get(&url)
                 .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false)
-        })
-        .await;
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("{} stage exited before it was ready: {status}", self.stages);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{} stage not ready after 120 s",
+                self.stages
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Restart the process if it exited on its own (what a supervisor such as Kubernetes does:
@@ -184,6 +199,9 @@ impl Pipeline {
         let models = processor::embed::default_model_dir();
         let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/arcface112.json");
         let embed_group = format!("{}.embed", stack.topics.group);
+        // The stages' consumer-group protocol (the test command runs the crash test with both).
+        let group_protocol =
+            std::env::var("TEST_KAFKA_GROUP_PROTOCOL").unwrap_or_else(|_| "classic".into());
         let t = &stack.topics;
         let mut env: Vec<(String, String)> = [
             ("KAFKA_BROKERS", stack.brokers.as_str()),
@@ -204,6 +222,7 @@ impl Pipeline {
             ("SHUTDOWN_GRACE_SECS", "5"),
             ("MODEL_DIR", &models.display().to_string()),
             ("EMBED_PROFILE", &profile.display().to_string()),
+            ("KAFKA_GROUP_PROTOCOL", &group_protocol),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -240,6 +259,15 @@ impl Pipeline {
             thumbnail,
             embed,
             embed_group,
+        }
+    }
+
+    /// The HTTP port of a stage process of ours (thumbnail, embed).
+    fn stage_port(&self, v: Victim) -> Option<u16> {
+        match v {
+            Victim::Thumbnail => Some(self.thumbnail.port),
+            Victim::Embed => Some(self.embed.port),
+            Victim::Ingest | Victim::StatusApi => None,
         }
     }
 
@@ -615,6 +643,32 @@ impl Pipeline {
     }
 }
 
+/// Seconds from `since` until the stage process on `port` has finished a photo (its
+/// `photos_processed_total`), polled every 200 ms for up to 2 minutes; None if it never did (it
+/// was killed again, or exited).
+async fn first_photo_after(port: u16, since: Instant) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    while since.elapsed() < Duration::from_secs(120) {
+        // It answered /readyz before we started: not answering now means it died.
+        let Ok(r) = reqwest::get(&url).await else {
+            return None;
+        };
+        {
+            let text = r.text().await.unwrap_or_default();
+            let processed: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("photos_processed_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if processed > 0.0 {
+                return Some(since.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
 fn token(user: &str) -> String {
     let out = Command::new(workspace_bin("status-api"))
         .args(["token", "--user", user])
@@ -648,6 +702,7 @@ async fn crash_kill9_random_stages_loses_nothing() {
     let started = Instant::now();
     let mut log = vec![];
     let killed_count = Arc::new(AtomicUsize::new(0));
+    let mut resumes = vec![];
     for k in 0..kills {
         let wait = Duration::from_millis(rng.random_range(500..3000));
         tokio::time::sleep(wait).await;
@@ -669,34 +724,95 @@ async fn crash_kill9_random_stages_loses_nothing() {
         log.push(line);
         tokio::time::sleep(down).await;
         p.restart(victim).await;
+        if let Some(port) = p.stage_port(victim) {
+            resumes.push((
+                victim,
+                tokio::spawn(first_photo_after(port, Instant::now())),
+            ));
+        }
     }
     kills_done.store(true, Ordering::SeqCst);
     let uploads = uploader.await.unwrap();
     assert_eq!(uploads.len(), photos);
     let summary = p.check_invariants(&uploads, &HashSet::new(), false).await;
+    // How long a restarted stage took to process again (rejoin the group, get its partitions).
+    let mut resumed = vec![];
+    for (victim, waited) in resumes {
+        match waited.await.unwrap() {
+            Some(s) => resumed.push(format!("{victim:?} {s:.1}s")),
+            None => resumed.push(format!("{victim:?} -")),
+        }
+    }
+    let protocol = std::env::var("TEST_KAFKA_GROUP_PROTOCOL").unwrap_or_else(|_| "classic".into());
     eprintln!(
-        "chaos: RESULT seed={seed} kills={} {summary} in {:.0}s",
+        "chaos: RESULT seed={seed} kills={} group_protocol={protocol} {summary} in {:.0}s; \
+         restarted stage processing again after: [{}] (- = killed again or exited first)",
         killed_count.load(Ordering::SeqCst),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        resumed.join(", ")
     );
 }
 
-/// Stopped and started again on the same port from its snapshot, mid-run.
+/// A broker a test can take down and bring back on the same address: the embedded one
+/// (stopped, then started again from its snapshot), or with `TEST_KAFKA_KIND=apache` an Apache
+/// Kafka broker of the test's own, killed with SIGKILL and restarted on its data.
+enum RestartableBroker {
+    // The directory lives as long as the broker (its snapshot is there).
+    Embedded(
+        devstack::broker::RestartableBroker,
+        #[allow(dead_code)] tempfile::TempDir,
+    ),
+    Apache(ApacheKafka),
+}
+
+impl RestartableBroker {
+    fn start() -> Self {
+        if testing_apache_kafka() {
+            Self::Apache(ApacheKafka::start().expect("scripts/kafka up"))
+        } else {
+            let dir = tempfile::tempdir().unwrap();
+            let b = devstack::broker::RestartableBroker::start("127.0.0.1:0", dir.path()).unwrap();
+            Self::Embedded(b, dir)
+        }
+    }
+
+    fn addr(&self) -> String {
+        match self {
+            Self::Embedded(b, _) => b.addr().to_string(),
+            Self::Apache(b) => b.addr().to_string(),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Self::Embedded(b, _) => b.stop().unwrap(),
+            Self::Apache(b) => b.kill().unwrap(),
+        }
+    }
+
+    fn restart(&mut self) {
+        match self {
+            Self::Embedded(b, _) => b.restart().unwrap(),
+            Self::Apache(b) => b.restart().unwrap(),
+        }
+    }
+}
+
+/// The broker stopped mid-run (Apache Kafka: kill -9) and started again on the same port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "reliability suite: scripts/test runs it (with --ignored), scripts/chaos the full crash run"]
 async fn outage_broker_restart_mid_run_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = devstack::broker::RestartableBroker::start("127.0.0.1:0", dir.path()).unwrap();
-    let mut p = Pipeline::start(&[], Some(broker.addr().to_string())).await;
+    let mut broker = tokio::task::block_in_place(RestartableBroker::start);
+    let mut p = Pipeline::start(&[], Some(broker.addr())).await;
     let uploader = p.uploader(0, 30, Duration::from_millis(150), None);
     // Some photos through, then the broker goes away for 5 s while uploads continue.
     p.stack
         .wait_for_photos(&p.stack.topics.thumbnailed, 3, Duration::from_secs(120))
         .await;
     let down_at = Instant::now();
-    tokio::task::block_in_place(|| broker.stop()).unwrap();
+    tokio::task::block_in_place(|| broker.stop());
     tokio::time::sleep(Duration::from_secs(5)).await;
-    tokio::task::block_in_place(|| broker.restart()).unwrap();
+    tokio::task::block_in_place(|| broker.restart());
     eprintln!(
         "outage: broker {} down for {:.1}s",
         broker.addr(),
