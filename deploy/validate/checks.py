@@ -18,6 +18,8 @@ with any detail lines indented below, and exits 0 or 1.
       the build targets compose uses exist; non-root USER; ENTRYPOINT per service target.
   checks.py compose-files LABEL COMPOSE.yml
       every bind-mounted file or folder of the compose file exists (compose does not check).
+  checks.py kafka-version LABEL COMPOSE.yml scripts/kafka-jars k8s/strimzi/kustomization.yaml
+      compose's Kafka image and the Strimzi resources' declared version are the tests' version.
 
 Runs inside the venv that has kubernetes-validate (which brings PyYAML and jsonschema).
 """
@@ -441,9 +443,33 @@ def cmd_compose_files(label, compose):
     return finish(label, errors, f"{count} bind mounts present")
 
 
+def cmd_kafka_version(label, compose, kafka_jars, strimzi_kustomization):
+    """The broker version line of the tests (scripts/kafka-jars) is the one compose runs and the
+    Strimzi resources are written for."""
+    import re
+    with open(kafka_jars) as f:
+        m = re.search(r"^KAFKA_VERSION=(\S+)", f.read(), re.M)
+    if not m:
+        return finish(label, [f"{kafka_jars}: no KAFKA_VERSION="], "")
+    tested = m.group(1)
+    errors = []
+    with open(compose) as f:
+        image = yaml.safe_load(f)["services"]["kafka"]["image"]
+    if image != f"apache/kafka:{tested}":
+        errors.append(f"compose runs {image}, the tests Apache Kafka {tested} (scripts/kafka-jars)")
+    with open(strimzi_kustomization) as f:
+        k = yaml.safe_load(f)
+    declared = (k.get("commonAnnotations") or {}).get("photo-pipeline/kafka-version")
+    if declared != tested:
+        errors.append(f"{strimzi_kustomization}: commonAnnotations photo-pipeline/kafka-version is "
+                      f"{declared!r}, the tests run {tested}")
+    return finish(label, errors, f"Apache Kafka {tested} in the tests, compose and k8s/strimzi")
+
+
 def main(argv):
     cmds = {"k8s": cmd_k8s, "dashboard": cmd_dashboard, "grafana-provisioning": cmd_grafana_provisioning,
-            "dockerfile": cmd_dockerfile, "compose-files": cmd_compose_files}
+            "dockerfile": cmd_dockerfile, "compose-files": cmd_compose_files,
+            "kafka-version": cmd_kafka_version}
     if len(argv) < 2 or argv[0] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@
 //!   status-api; while photos of several users flow, a seeded random schedule `kill -9`s one of
 //!   the four at a random moment, several times, restarting it each time.
 //! - **Outages:** a broker restart (stopped, then started again on the same port from its
-//!   snapshot), S3 answering 503 and then slowly for 30 s each, the DB hook down for a while;
+//!   snapshot; with `TEST_KAFKA_KIND=apache`, a real Apache Kafka broker killed with SIGKILL and
+//!   restarted on its data), S3 answering 503 and then slowly for 30 s each, the DB hook down for a while;
 //!   and, with a short retry budget, an outage that exhausts the retries: those photos end
 //!   `failed` + dead letter, and `scripts/replay redrive-dlq` brings them through after recovery.
 //!
@@ -17,6 +18,8 @@
 //! The tests take minutes, mostly waiting out outages, so they are `#[ignore]`d in the plain
 //! `cargo test --workspace` and run side by side by `scripts/test`'s reliability suite:
 //! `cargo test -p processor --test reliability -- --ignored --test-threads 5`.
+//! `TEST_KAFKA_BROKERS` (with `TEST_KAFKA_KIND=apache`) runs them on Apache Kafka, and
+//! `TEST_KAFKA_GROUP_PROTOCOL` (`classic`, `consumer`) sets the stages' consumer-group protocol.
 //! `CHAOS_PHOTOS`, `CHAOS_KILLS`, `CHAOS_SEED` size the crash run (`scripts/chaos` runs the full
 //! 500-photo variant); the seed and every kill are printed.
 
