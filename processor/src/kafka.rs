@@ -161,3 +161,40 @@ impl EventProducer {
         let _ = self.inner.flush(timeout);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::consumer::BaseConsumer;
+
+    fn member_config(protocol: GroupProtocol) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "g")
+            .set("group.instance.id", "g-0");
+        for (k, v) in protocol.member_settings(Duration::from_secs(10)) {
+            c.set(k, v);
+        }
+        c
+    }
+
+    #[test]
+    fn librdkafka_accepts_each_protocols_member_settings() {
+        for protocol in [GroupProtocol::Classic, GroupProtocol::Consumer] {
+            let created: Result<BaseConsumer, _> = member_config(protocol).create();
+            assert!(created.is_ok(), "{protocol:?}: {:?}", created.err());
+        }
+    }
+
+    #[test]
+    fn the_client_session_timeout_is_refused_with_the_consumer_protocol() {
+        // Why `member_settings` leaves it out for KIP-848.
+        let mut c = member_config(GroupProtocol::Consumer);
+        c.set("session.timeout.ms", "10000");
+        let created: Result<BaseConsumer, _> = c.create();
+        assert!(
+            created.is_err(),
+            "librdkafka now accepts session.timeout.ms with consumer"
+        );
+    }
+}
