@@ -38,14 +38,8 @@ pub struct Config {
     #[arg(long, env = "PROCESSOR_HTTP_ADDR", default_value = "127.0.0.1:8081")]
     pub http_addr: SocketAddr,
 
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
-
-    /// Extra librdkafka properties, `key=value`, comma-separated (e.g. TLS/SASL for a managed
-    /// cluster: `security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,...`).
-    #[arg(long, env = "KAFKA_OPTIONS", value_delimiter = ',')]
-    pub kafka_options: Vec<String>,
+    #[command(flatten)]
+    pub kafka: service_kit::kafka::KafkaArgs,
 
     /// Create the topics at start-up if they are missing.
     #[arg(long, env = "KAFKA_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]

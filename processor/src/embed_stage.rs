@@ -12,7 +12,6 @@ use crate::cpu_pool::{CpuPool, Lane};
 use crate::embed::{EmbedInput, FaceEmbedder};
 use crate::handoff::HandoffCache;
 use crate::hook::{DbHook, EmbeddingsHookCall};
-use crate::kafka::{EventProducer, KafkaConfig};
 use crate::outcome::{Failed, Outcomes};
 use crate::stage_runner::{RunnerConfig, StageRunner, StageWork};
 use crate::storage::ObjectStore;
@@ -20,6 +19,7 @@ use schemas::{
     EmbeddingDone, Face, Failure, FailureReason, PhotoUploaded, StageStatus, ThumbnailDone,
     SCHEMA_VERSION,
 };
+use service_kit::kafka::{EventProducer, KafkaArgs};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,7 +61,7 @@ pub struct EmbedWork {
 /// a missing file is a start-up error, not a failure of every photo.
 pub fn embed_stage(
     cfg: EmbedConfig,
-    kafka: &KafkaConfig,
+    kafka: &KafkaArgs,
     producer: EventProducer,
     store: ObjectStore,
     hook: DbHook,

@@ -2,9 +2,9 @@
 //! key configuration and counters (read back from its own Prometheus registry, the same
 //! numbers `/metrics` shows), for the console's Services and Dashboard pages.
 
-use crate::kafka::{EventProducer, KafkaConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
 use schemas::heartbeat::{Heartbeat, StageCounters};
+use service_kit::kafka::{ensure_topics, EventProducer, KafkaArgs, TopicSpec};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -126,7 +126,7 @@ pub fn instance_id(group_instance_id: Option<&str>) -> String {
 /// Publish a heartbeat every `interval` until `shutdown` (errors are logged, never fatal).
 pub async fn run(
     cfg: HeartbeatConfig,
-    kafka: KafkaConfig,
+    kafka: KafkaArgs,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) {
@@ -137,7 +137,13 @@ pub async fn run(
             return;
         }
     };
-    if let Err(e) = crate::kafka::ensure_topics(&kafka, &[&cfg.topic], 1, cfg.replication).await {
+    let topic = TopicSpec {
+        name: &cfg.topic,
+        partitions: 1,
+        replication: cfg.replication,
+        compacted: false,
+    };
+    if let Err(e) = ensure_topics(&kafka, &[topic]).await {
         tracing::debug!(%e, "heartbeat topic not created");
     }
     let started_at_ms = schemas::now_ms();

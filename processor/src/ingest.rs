@@ -5,7 +5,6 @@
 //! over the raw body, map each object key to its user, and reply 200 only once every accepted
 //! event is durably in Kafka; any failure replies 5xx so that B2 delivers again.
 
-use crate::kafka::EventProducer;
 use crate::keys::KeyPattern;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -16,6 +15,7 @@ use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use schemas::{PhotoUploaded, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
+use service_kit::kafka::EventProducer;
 use sha2::Sha256;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};

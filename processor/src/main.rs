@@ -12,10 +12,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cfg = Config::parse();
-    processor::telemetry::init_logging();
+    service_kit::service::init_logging();
     let metrics = processor::telemetry::install_metrics()?;
     let shutdown = CancellationToken::new();
-    processor::server::cancel_on_signal(shutdown.clone());
+    service_kit::service::cancel_on_signal(shutdown.clone());
     processor::server::run(cfg, metrics, shutdown).await
 }
 

@@ -2,9 +2,9 @@
 //! redelivery is acknowledged without redoing the work), and deliver the result event, preceded
 //! by a dead letter when the photo failed, retrying until Kafka has both.
 
-use crate::kafka::EventProducer;
 use schemas::{DeadLetter, Failure, PhotoUploaded, SCHEMA_VERSION};
 use serde::Serialize;
+use service_kit::kafka::EventProducer;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -7,7 +7,6 @@ use crate::embed_stage::{embed_stage, EmbedConfig};
 use crate::handoff::{HandoffCache, HandoffMode};
 use crate::hook::DbHook;
 use crate::ingest::{self, UploadStage};
-use crate::kafka::{ensure_topics, EventProducer, KafkaConfig};
 use crate::keys::KeyPattern;
 use crate::retry::RetryPolicy;
 use crate::stage_runner::RunnerConfig;
@@ -19,6 +18,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use service_kit::kafka::{ensure_topics, EventProducer, TopicSpec};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,11 +34,7 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let kafka = KafkaConfig {
-        brokers: cfg.kafka_brokers.clone(),
-        options: cfg.kafka_options.clone(),
-        group_protocol: cfg.group_protocol,
-    };
+    let kafka = cfg.kafka.clone();
     let photo_keys = KeyPattern::parse(&cfg.photo_key_pattern)?;
     let thumb_keys = KeyPattern::parse(&cfg.thumb_key_pattern)?;
     let producer = EventProducer::new(&kafka)?;
@@ -82,11 +78,14 @@ pub async fn run(
             &cfg.topic_embedded,
             &cfg.topic_dlq,
         ]
-        .map(|s| s.as_str());
+        .map(|name| TopicSpec {
+            name: name.as_str(),
+            partitions: cfg.topic_partitions,
+            replication: cfg.topic_replication,
+            compacted: false,
+        });
         let mut delay = Duration::from_millis(250);
-        while let Err(e) =
-            ensure_topics(&kafka, &topics, cfg.topic_partitions, cfg.topic_replication).await
-        {
+        while let Err(e) = ensure_topics(&kafka, &topics).await {
             tracing::warn!(%e, "Kafka not ready; retrying topic creation");
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -99,9 +98,13 @@ pub async fn run(
     let mut stages = tokio::task::JoinSet::new();
     if cfg.runs(Stage::Thumbnail) || cfg.runs(Stage::Embed) {
         if cfg.create_topics {
-            let created =
-                crate::settings::ensure_topic(&kafka, &cfg.topic_settings, cfg.topic_replication)
-                    .await;
+            let settings_topic = TopicSpec {
+                name: &cfg.topic_settings,
+                partitions: 1,
+                replication: cfg.topic_replication,
+                compacted: true,
+            };
+            let created = ensure_topics(&kafka, &[settings_topic]).await;
             if let Err(e) = created {
                 tracing::warn!(%e, "no settings topic yet; following it once it exists");
             }
@@ -146,6 +149,7 @@ pub async fn run(
                 dlq_topic: cfg.topic_dlq.clone(),
                 group: cfg.thumbnail_group.clone(),
                 group_instance_id: cfg.group_instance_id.clone(),
+                group_protocol: cfg.group_protocol,
                 photo_keys,
                 thumb_keys,
                 render: RenderOptions {
@@ -185,6 +189,7 @@ pub async fn run(
                     input_topic: cfg.topic_thumbnailed.clone(),
                     group: cfg.embed_group.clone(),
                     group_instance_id: cfg.group_instance_id.clone(),
+                    group_protocol: cfg.group_protocol,
                     max_in_flight: cfg.max_in_flight.max(1),
                     max_buffered: cfg.max_buffered.max(cfg.max_in_flight + 1),
                     shutdown_grace: Duration::from_secs(cfg.shutdown_grace_secs),
@@ -254,19 +259,6 @@ async fn readyz(State(ready): State<Readiness>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
     }
-}
-
-/// Cancel `token` on SIGTERM or SIGINT.
-pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        }
-        token.cancel();
-    });
 }
 
 /// The hand-off mode and the embed input's size, from the embed profile. A profile that

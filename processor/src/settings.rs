@@ -6,16 +6,13 @@
 //! The current values are process-wide (one processor process = one set of settings), so the
 //! stages read them with [`current`] instead of having them threaded through their structs.
 
-use crate::kafka::KafkaConfig;
 use crate::thumbnail::render::RenderOptions;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use schemas::settings::{RuntimeSettings, SettingsChange};
 use schemas::Face;
+use service_kit::kafka::{assign_when_ready, KafkaArgs};
 use std::sync::RwLock;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -62,29 +59,10 @@ pub fn filter_faces(faces: &mut Vec<Face>) {
     }
 }
 
-/// Create the settings topic (one partition, compacted) if it does not exist.
-pub async fn ensure_topic(
-    kafka: &KafkaConfig,
-    topic: &str,
-    replication: i32,
-) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = kafka.client_config()?.create()?;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replication))
-        .set("cleanup.policy", "compact");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics([&new], &opts).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
-        }
-    }
-    Ok(())
-}
-
 /// Follow `topic` from the beginning until `shutdown`, applying every change. A record that
 /// is not a valid `SettingsChange` is logged and skipped (the previous values stay).
 pub async fn follow(
-    kafka: KafkaConfig,
+    kafka: KafkaArgs,
     topic: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -96,26 +74,11 @@ pub async fn follow(
         ])?
         .create()?;
     // Wait for the topic (status-api or this processor creates it), then read every partition.
-    loop {
-        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5));
-        if let Ok(md) = md {
-            if let Some(t) = md
-                .topics()
-                .first()
-                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-            {
-                let mut tpl = TopicPartitionList::new();
-                for p in t.partitions() {
-                    tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
-                }
-                consumer.assign(&tpl)?;
-                break;
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
+    if assign_when_ready(&consumer, &[&topic], |_, _| Offset::Beginning, &shutdown)
+        .await?
+        .is_none()
+    {
+        return Ok(());
     }
     tracing::info!(%topic, "following runtime settings");
     loop {

@@ -14,7 +14,7 @@
 //! because every output is keyed by the deterministic photo id.
 
 use crate::fair_queue::FairQueue;
-use crate::kafka::KafkaConfig;
+use crate::kafka::GroupProtocol;
 use crate::offsets::{OffsetTracker, Ticket, TopicPartition};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -24,6 +24,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use serde::de::DeserializeOwned;
+use service_kit::kafka::{export_consumer_lag, KafkaArgs};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +61,7 @@ pub struct RunnerConfig {
     pub input_topic: String,
     pub group: String,
     pub group_instance_id: Option<String>,
+    pub group_protocol: GroupProtocol,
     pub max_in_flight: usize,
     pub max_buffered: usize,
     pub shutdown_grace: Duration,
@@ -74,14 +76,7 @@ struct StageContext {
 
 impl ClientContext for StageContext {
     fn stats(&self, stats: Statistics) {
-        for (topic, t) in stats.topics {
-            for (partition, p) in t.partitions {
-                if partition >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!("kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
-                        .set(p.consumer_lag as f64);
-                }
-            }
-        }
+        export_consumer_lag(&stats);
     }
 }
 
@@ -185,12 +180,10 @@ struct Job<I> {
 type Done = (Ticket, bool);
 
 impl<W: StageWork> StageRunner<W> {
-    pub fn new(cfg: RunnerConfig, kafka: &KafkaConfig, work: W) -> anyhow::Result<Self> {
+    pub fn new(cfg: RunnerConfig, kafka: &KafkaArgs, work: W) -> anyhow::Result<Self> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let rebalanced = Arc::new(AtomicBool::new(false));
-        let member = kafka
-            .group_protocol
-            .member_settings(Duration::from_secs(10));
+        let member = cfg.group_protocol.member_settings(Duration::from_secs(10));
         let mut defaults = vec![
             ("group.id", cfg.group.as_str()),
             ("enable.auto.commit", "true"),

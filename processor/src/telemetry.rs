@@ -1,4 +1,4 @@
-//! Prometheus metrics and logging set-up for the processor.
+//! Prometheus metrics of the processor (logging is `service_kit::service`).
 //!
 //! Metric names (all exported at `GET /metrics`):
 //! - `thumbnail_step_seconds{step}`: download, decode, resize, encode, upload, hook latency
@@ -95,18 +95,4 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "Records that are not our event schema, skipped"
     );
     Ok(handle)
-}
-
-/// Structured logs to stderr; `RUST_LOG` filters (default `info`), `LOG_FORMAT=json` for JSON.
-pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -43,12 +43,8 @@ pub struct Config {
     #[arg(long, env = "STATUS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
-
-    /// Extra librdkafka properties, `key=value`, comma-separated (TLS/SASL).
-    #[arg(long, env = "KAFKA_OPTIONS", value_delimiter = ',')]
-    pub kafka_options: Vec<String>,
+    #[command(flatten)]
+    pub kafka: service_kit::kafka::KafkaArgs,
 
     #[arg(long, env = "TOPIC_UPLOADED", default_value = schemas::topics::UPLOADED)]
     pub topic_uploaded: String,

@@ -6,9 +6,10 @@
 use crate::gallery::Gallery;
 use crate::ops::Ops;
 use crate::store::{StageEvent, StatusStore};
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
+use service_kit::kafka::{assign_when_ready, KafkaArgs, LagStatistics};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,29 +19,11 @@ use tokio_util::sync::CancellationToken;
 /// Where to read from.
 #[derive(Debug, Clone)]
 pub struct FeedConfig {
-    pub brokers: String,
-    pub kafka_options: Vec<String>,
+    pub kafka: KafkaArgs,
     pub topic_uploaded: String,
     pub topic_thumbnailed: String,
     pub topic_embedded: String,
 }
-
-struct FeedContext;
-
-impl ClientContext for FeedContext {
-    fn stats(&self, stats: Statistics) {
-        for (topic, t) in stats.topics {
-            for (partition, p) in t.partitions {
-                if partition >= 0 && p.hi_offset >= 0 && p.app_offset >= 0 {
-                    metrics::gauge!("kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
-                        .set((p.hi_offset - p.app_offset).max(0) as f64);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for FeedContext {}
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -66,20 +49,16 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &cfg.brokers)
-        .set("group.id", format!("status-api-{:016x}", rand_id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "5000")
-        .set("fetch.max.bytes", "52428800");
-    for opt in cfg.kafka_options.iter().filter(|o| !o.trim().is_empty()) {
-        let (k, v) = opt
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("Kafka option {opt:?} is not key=value"))?;
-        cc.set(k.trim(), v.trim());
-    }
-    let consumer: Arc<StreamConsumer<FeedContext>> = Arc::new(cc.create_with_context(FeedContext)?);
+    let group = format!("status-api-{:016x}", rand_id());
+    let cc = cfg.kafka.client_config_with(&[
+        ("group.id", &group),
+        ("enable.auto.commit", "false"),
+        ("enable.partition.eof", "false"),
+        ("statistics.interval.ms", "5000"),
+        ("fetch.max.bytes", "52428800"),
+    ])?;
+    let consumer: Arc<StreamConsumer<LagStatistics>> =
+        Arc::new(cc.create_with_context(LagStatistics)?);
     let topics = [
         (cfg.topic_uploaded.clone(), Kind::Uploaded),
         (cfg.topic_thumbnailed.clone(), Kind::Thumbnail),
@@ -89,22 +68,14 @@ pub async fn run(
 
     // Wait for the topics (the processor creates them), then take every partition.
     let start = Instant::now();
-    let (tpl, mut remaining) = loop {
-        let c = consumer.clone();
-        let names: Vec<String> = topics.iter().map(|t| t.0.clone()).collect();
-        let found = tokio::task::spawn_blocking(move || partitions_and_ends(&c, &names)).await?;
-        match found {
-            Ok(v) => break v,
-            Err(e) => {
-                tracing::info!(%e, "waiting for the stage topics");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let names: Vec<&str> = topics.iter().map(|t| t.0.as_str()).collect();
+    let Some(tpl) =
+        assign_when_ready(&*consumer, &names, |_, _| Offset::Beginning, &shutdown).await?
+    else {
+        return Ok(());
     };
-    consumer.assign(&tpl)?;
+    let (c, assigned) = (consumer.clone(), tpl.clone());
+    let mut remaining = tokio::task::spawn_blocking(move || replay_ends(&c, &assigned)).await??;
     tracing::info!(
         partitions = tpl.count(),
         to_replay = remaining.len(),
@@ -169,31 +140,21 @@ pub async fn run(
 
 type Ends = HashMap<(String, i32), i64>;
 
-/// All partitions of `topics` at their beginning, and the end offset of each non-empty one.
-fn partitions_and_ends(
-    consumer: &StreamConsumer<FeedContext>,
-    topics: &[String],
-) -> anyhow::Result<(TopicPartitionList, Ends)> {
-    let mut tpl = TopicPartitionList::new();
+/// The end offset of each non-empty partition of `assigned` now: the start-up replay is done
+/// once every one is reached.
+fn replay_ends(
+    consumer: &StreamConsumer<LagStatistics>,
+    assigned: &TopicPartitionList,
+) -> anyhow::Result<Ends> {
     let mut ends = HashMap::new();
-    for topic in topics {
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        let t = md
-            .topics()
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("no metadata for {topic}"))?;
-        if t.error().is_some() || t.partitions().is_empty() {
-            anyhow::bail!("topic {topic} does not exist yet");
-        }
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(5))?;
-            if high > low {
-                ends.insert((topic.clone(), p.id()), high);
-            }
+    for e in assigned.elements() {
+        let (low, high) =
+            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))?;
+        if high > low {
+            ends.insert((e.topic().to_string(), e.partition()), high);
         }
     }
-    Ok((tpl, ends))
+    Ok(ends)
 }
 
 fn rand_id() -> u64 {

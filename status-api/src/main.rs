@@ -21,24 +21,9 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", status_api::accounts::hash_password(password));
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    service_kit::service::init_logging();
     let metrics = status_api::server::install_metrics()?;
     let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("shutting down");
-        signal.cancel();
-    });
+    service_kit::service::cancel_on_signal(shutdown.clone());
     status_api::server::run(cli.config, metrics, shutdown).await
 }

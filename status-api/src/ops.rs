@@ -17,6 +17,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schemas::heartbeat::Heartbeat;
 use schemas::{DeadLetter, StageStatus};
 use serde::Serialize;
+use service_kit::kafka::assign_when_ready;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -269,51 +270,32 @@ impl Ops {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .create()?;
-        let mut pending = vec![dlq_topic.clone(), heartbeat_topic.clone()];
-        let mut tpl = TopicPartitionList::new();
-        while !pending.is_empty() {
-            let mut still = vec![];
-            for topic in pending {
-                let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5));
-                let parts: Vec<i32> = md
-                    .ok()
-                    .and_then(|md| {
-                        md.topics()
-                            .first()
-                            .filter(|t| t.error().is_none())
-                            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-                    })
-                    .unwrap_or_default();
-                if parts.is_empty() {
-                    still.push(topic);
-                    continue;
-                }
-                for p in parts {
-                    let offset = if topic == dlq_topic {
-                        Offset::Beginning
-                    } else {
-                        // Heartbeats of the last minute are enough to know who is alive.
-                        let since = schemas::now_ms() - 60_000;
-                        let mut q = TopicPartitionList::new();
-                        q.add_partition_offset(&topic, p, Offset::Offset(since))?;
-                        consumer
-                            .offsets_for_times(q, Duration::from_secs(5))
-                            .ok()
-                            .and_then(|r| r.find_partition(&topic, p).map(|e| e.offset()))
-                            .filter(|o| matches!(o, Offset::Offset(_)))
-                            .unwrap_or(Offset::End)
-                    };
-                    tpl.add_partition_offset(&topic, p, offset)?;
-                }
-                consumer.assign(&tpl)?;
+        // The DLQ from the beginning (its size); heartbeats of the last minute are enough to
+        // know who is alive.
+        let since = schemas::now_ms() - 60_000;
+        let start = |topic: &str, partition: i32| {
+            if topic == dlq_topic {
+                return Offset::Beginning;
             }
-            pending = still;
-            if !pending.is_empty() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
+            let mut q = TopicPartitionList::new();
+            if q.add_partition_offset(topic, partition, Offset::Offset(since))
+                .is_err()
+            {
+                return Offset::End;
             }
+            consumer
+                .offsets_for_times(q, Duration::from_secs(5))
+                .ok()
+                .and_then(|r| r.find_partition(topic, partition).map(|e| e.offset()))
+                .filter(|o| matches!(o, Offset::Offset(_)))
+                .unwrap_or(Offset::End)
+        };
+        let topics = [dlq_topic.as_str(), heartbeat_topic.as_str()];
+        if assign_when_ready(&consumer, &topics, start, &shutdown)
+            .await?
+            .is_none()
+        {
+            return Ok(());
         }
         loop {
             let msg = tokio::select! {

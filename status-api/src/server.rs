@@ -76,8 +76,7 @@ pub async fn run(
     ));
     let ready = Arc::new(AtomicBool::new(false));
     let feed_cfg = FeedConfig {
-        brokers: cfg.kafka_brokers.clone(),
-        kafka_options: cfg.kafka_options.clone(),
+        kafka: cfg.kafka.clone(),
         topic_uploaded: cfg.topic_uploaded.clone(),
         topic_thumbnailed: cfg.topic_thumbnailed.clone(),
         topic_embedded: cfg.topic_embedded.clone(),
@@ -134,16 +133,9 @@ pub async fn run(
         gallery,
         &s3_origin(&cfg.s3_endpoint),
     )?;
-    let mut kafka_client = rdkafka::ClientConfig::new();
-    kafka_client.set("bootstrap.servers", &cfg.kafka_brokers);
-    for opt in cfg.kafka_options.iter().filter(|o| !o.trim().is_empty()) {
-        let (k, v) = opt
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("Kafka option {opt:?} is not key=value"))?;
-        kafka_client.set(k.trim(), v.trim());
-    }
+    let kafka_client = cfg.kafka.client_config()?;
     let settings = Arc::new(SettingsService::new(
-        kafka_client.clone(),
+        &cfg.kafka,
         cfg.topic_settings.clone(),
         sessions.clone(),
     )?);

@@ -9,15 +9,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset};
 use schemas::settings::{GroupSettings, RuntimeSettings, SettingsChange};
 use serde::Serialize;
+use service_kit::kafka::{assign_when_ready, ensure_topics, KafkaArgs, TopicSpec};
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -48,6 +46,7 @@ impl SettingsState {
 
 /// The settings topic: writer, follower and the current view.
 pub struct SettingsService {
+    kafka: KafkaArgs,
     client: ClientConfig,
     producer: FutureProducer,
     topic: String,
@@ -90,12 +89,9 @@ pub struct SettingsView {
 }
 
 impl SettingsService {
-    /// `client`: Kafka client settings (brokers and options).
-    pub fn new(
-        client: ClientConfig,
-        topic: String,
-        sessions: Arc<Sessions>,
-    ) -> anyhow::Result<Self> {
+    /// `kafka`: the brokers and client options.
+    pub fn new(kafka: &KafkaArgs, topic: String, sessions: Arc<Sessions>) -> anyhow::Result<Self> {
+        let client = kafka.client_config()?;
         let producer = client
             .clone()
             .set("acks", "all")
@@ -103,6 +99,7 @@ impl SettingsService {
             .set("message.timeout.ms", "10000")
             .create()?;
         Ok(Self {
+            kafka: kafka.clone(),
             client,
             producer,
             topic,
@@ -127,21 +124,14 @@ impl SettingsService {
     /// Create the topic (one partition, compacted) if missing, then follow it from the
     /// beginning until `shutdown`.
     pub async fn follow(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let admin: AdminClient<DefaultClientContext> = self.client.create()?;
-        let new = NewTopic::new(&self.topic, 1, TopicReplication::Fixed(1))
-            .set("cleanup.policy", "compact");
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        match admin.create_topics([&new], &opts).await {
-            Ok(results) => {
-                for r in results {
-                    if let Err((t, code)) = r {
-                        if code != RDKafkaErrorCode::TopicAlreadyExists {
-                            tracing::warn!(topic = %t, %code, "could not create the settings topic");
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(%e, "could not create the settings topic"),
+        let topic = TopicSpec {
+            name: &self.topic,
+            partitions: 1,
+            replication: 1,
+            compacted: true,
+        };
+        if let Err(e) = ensure_topics(&self.kafka, &[topic]).await {
+            tracing::warn!(%e, "could not create the settings topic");
         }
         let consumer: StreamConsumer = self
             .client
@@ -150,25 +140,12 @@ impl SettingsService {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .create()?;
-        loop {
-            if let Ok(md) = consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5)) {
-                if let Some(t) = md
-                    .topics()
-                    .first()
-                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-                {
-                    let mut tpl = TopicPartitionList::new();
-                    for p in t.partitions() {
-                        tpl.add_partition_offset(&self.topic, p.id(), Offset::Beginning)?;
-                    }
-                    consumer.assign(&tpl)?;
-                    break;
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
+        let from_start = |_: &str, _: i32| Offset::Beginning;
+        if assign_when_ready(&consumer, &[&self.topic], from_start, &shutdown)
+            .await?
+            .is_none()
+        {
+            return Ok(());
         }
         loop {
             let msg = tokio::select! {

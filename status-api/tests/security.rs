@@ -239,3 +239,37 @@ async fn no_secrets_in_debug_logs() {
         secrets.len()
     );
 }
+
+/// `LOG_FORMAT=json` (set by k8s/base/config.env for log collectors) gives JSON lines from both
+/// services; status-api used to ignore it and write text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_gives_json_lines_from_both_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc_log = dir.path().join("processor.log");
+    let status_log = dir.path().join("status-api.log");
+    let processor = logging_wrapper(dir.path(), &workspace_bin("processor"), &proc_log);
+    let status_api = logging_wrapper(dir.path(), &workspace_bin("status-api"), &status_log);
+    let json = [("LOG_FORMAT", "json"), ("RUST_LOG", "info")];
+    let mut stack = Stack::start_with(processor, json.to_vec()).await;
+    stack.start_status_api(&status_api, &json).await;
+    let photo = std::fs::read(corpus().join("photos/S_dune_1680x1050.jpg")).unwrap();
+    stack.upload("users/u1/photos/one.jpg", photo).await;
+    stack
+        .wait_for_photos(&stack.topics.thumbnailed, 1, TIMEOUT)
+        .await;
+    stack.kill_processor();
+    stack.kill_status_api();
+    for (service, path) in [("processor", &proc_log), ("status-api", &status_log)] {
+        let text = std::fs::read_to_string(path).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty(), "{service} logged nothing");
+        for line in lines {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{service}: not a JSON line ({e}): {line}"));
+            assert!(
+                v.get("level").is_some() && v.get("fields").is_some(),
+                "{service}: JSON line without level/fields: {line}"
+            );
+        }
+    }
+}

@@ -12,7 +12,6 @@ use crate::cpu_pool::{CpuPool, Lane};
 use crate::embed::EmbedInput;
 use crate::handoff::{HandoffCache, HandoffMode};
 use crate::hook::{DbHook, HookCall};
-use crate::kafka::{EventProducer, KafkaConfig};
 use crate::keys::KeyPattern;
 use crate::outcome::{Failed, Outcomes};
 use crate::stage_runner::{RunnerConfig, StageRunner, StageWork};
@@ -22,6 +21,7 @@ use schemas::{
     EmbedInputRef, Failure, FailureReason, PhotoUploaded, StageStatus, Thumbnail, ThumbnailDone,
     ThumbnailTimings, SCHEMA_VERSION,
 };
+use service_kit::kafka::{EventProducer, KafkaArgs};
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ pub struct ThumbnailConfig {
     pub dlq_topic: String,
     pub group: String,
     pub group_instance_id: Option<String>,
+    pub group_protocol: crate::kafka::GroupProtocol,
     pub photo_keys: KeyPattern,
     pub thumb_keys: KeyPattern,
     pub render: RenderOptions,
@@ -54,7 +55,7 @@ pub type ThumbnailStage = StageRunner<ThumbnailWork>;
 /// Build the thumbnail stage.
 pub fn thumbnail_stage(
     cfg: ThumbnailConfig,
-    kafka: &KafkaConfig,
+    kafka: &KafkaArgs,
     producer: EventProducer,
     store: ObjectStore,
     hook: DbHook,
@@ -65,6 +66,7 @@ pub fn thumbnail_stage(
         input_topic: cfg.input_topic.clone(),
         group: cfg.group.clone(),
         group_instance_id: cfg.group_instance_id.clone(),
+        group_protocol: cfg.group_protocol,
         max_in_flight: cfg.max_in_flight,
         max_buffered: cfg.max_buffered,
         shutdown_grace: cfg.shutdown_grace,
