@@ -12,9 +12,8 @@ use rdkafka::message::Message;
 use rdkafka::Offset;
 use schemas::settings::{RuntimeSettings, SettingsChange};
 use schemas::Face;
-use service_kit::kafka::{assign_when_ready, KafkaArgs};
+use service_kit::kafka::{assign_when_ready, next_record, KafkaArgs};
 use std::sync::RwLock;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 static CURRENT: RwLock<RuntimeSettings> = RwLock::new(RuntimeSettings {
@@ -81,31 +80,22 @@ pub async fn follow(
         return Ok(());
     }
     tracing::info!(%topic, "following runtime settings");
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            m = consumer.recv() => m,
-        };
-        match msg {
-            Ok(m) => match m.payload().map(serde_json::from_slice::<SettingsChange>) {
-                Some(Ok(change)) => match change.settings.validate() {
-                    Ok(()) => {
-                        apply(&change);
-                        tracing::info!(group = change.settings.group(), by = %change.changed_by, settings = ?change.settings, "runtime settings changed");
-                    }
-                    Err(e) => tracing::error!(%e, "ignoring invalid settings record"),
-                },
-                Some(Err(e)) => {
-                    tracing::error!(%e, offset = m.offset(), "ignoring malformed settings record")
+    while let Some(m) = next_record(&consumer, "settings", &shutdown).await {
+        match m.payload().map(serde_json::from_slice::<SettingsChange>) {
+            Some(Ok(change)) => match change.settings.validate() {
+                Ok(()) => {
+                    apply(&change);
+                    tracing::info!(group = change.settings.group(), by = %change.changed_by, settings = ?change.settings, "runtime settings changed");
                 }
-                None => {} // a tombstone: compaction removed the group; keep the last values
+                Err(e) => tracing::error!(%e, "ignoring invalid settings record"),
             },
-            Err(e) => {
-                tracing::warn!(%e, "settings consumer error");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(Err(e)) => {
+                tracing::error!(%e, offset = m.offset(), "ignoring malformed settings record")
             }
+            None => {} // a tombstone: compaction removed the group; keep the last values
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

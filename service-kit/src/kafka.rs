@@ -4,8 +4,9 @@
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use serde::Serialize;
@@ -123,6 +124,29 @@ where
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The next record of an assigned consumer, or `None` once `shutdown` is cancelled. A consumer
+/// error (broker away, a partition moving) is logged with `what` and waited out: librdkafka
+/// reconnects on its own.
+pub async fn next_record<'c, C: ConsumerContext + 'static>(
+    consumer: &'c StreamConsumer<C>,
+    what: &str,
+    shutdown: &CancellationToken,
+) -> Option<BorrowedMessage<'c>> {
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            m = consumer.recv() => m,
+        };
+        match received {
+            Ok(m) => return Some(m),
+            Err(e) => {
+                tracing::warn!(%e, what, "Kafka consumer error");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::store::{StageEvent, StatusStore};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use service_kit::kafka::{assign_when_ready, KafkaArgs, LagStatistics};
+use service_kit::kafka::{assign_when_ready, next_record, KafkaArgs, LagStatistics};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -95,19 +95,7 @@ pub async fn run(
         }
     };
     mark_ready(&remaining);
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            m = consumer.recv() => m,
-        };
-        let m = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(%e, "Kafka consumer error");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
+    while let Some(m) = next_record(&consumer, "stage feed", &shutdown).await {
         let Some(&kind) = kinds.get(m.topic()) else {
             continue;
         };
@@ -136,6 +124,7 @@ pub async fn run(
             }
         }
     }
+    Ok(())
 }
 
 type Ends = HashMap<(String, i32), i64>;

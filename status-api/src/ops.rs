@@ -17,7 +17,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schemas::heartbeat::Heartbeat;
 use schemas::{DeadLetter, StageStatus};
 use serde::Serialize;
-use service_kit::kafka::assign_when_ready;
+use service_kit::kafka::{assign_when_ready, next_record};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -297,19 +297,7 @@ impl Ops {
         {
             return Ok(());
         }
-        loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                m = consumer.recv() => m,
-            };
-            let m = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(%e, "ops consumer error");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
+        while let Some(m) = next_record(&consumer, "ops", &shutdown).await {
             let Some(payload) = m.payload() else { continue };
             if m.topic() == dlq_topic {
                 match serde_json::from_slice::<DeadLetter>(payload) {
@@ -323,6 +311,7 @@ impl Ops {
                 }
             }
         }
+        Ok(())
     }
 }
 

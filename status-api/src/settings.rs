@@ -15,7 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset};
 use schemas::settings::{GroupSettings, RuntimeSettings, SettingsChange};
 use serde::Serialize;
-use service_kit::kafka::{assign_when_ready, ensure_topics, KafkaArgs, TopicSpec};
+use service_kit::kafka::{assign_when_ready, ensure_topics, next_record, KafkaArgs, TopicSpec};
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -147,27 +147,16 @@ impl SettingsService {
         {
             return Ok(());
         }
-        loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                m = consumer.recv() => m,
-            };
-            match msg {
-                Ok(m) => match m.payload().map(serde_json::from_slice::<SettingsChange>) {
-                    Some(Ok(change)) if change.settings.validate().is_ok() => {
-                        self.state.write().expect("settings lock").apply(change);
-                    }
-                    Some(_) => {
-                        tracing::error!(offset = m.offset(), "skipping a bad settings record")
-                    }
-                    None => {}
-                },
-                Err(e) => {
-                    tracing::warn!(%e, "settings consumer error");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+        while let Some(m) = next_record(&consumer, "settings", &shutdown).await {
+            match m.payload().map(serde_json::from_slice::<SettingsChange>) {
+                Some(Ok(change)) if change.settings.validate().is_ok() => {
+                    self.state.write().expect("settings lock").apply(change);
                 }
+                Some(_) => tracing::error!(offset = m.offset(), "skipping a bad settings record"),
+                None => {}
             }
         }
+        Ok(())
     }
 
     fn user(&self, headers: &HeaderMap) -> Result<String, SettingsError> {
