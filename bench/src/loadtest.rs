@@ -3,7 +3,7 @@
 //! status-api's SSE stream as the browser would, the stage events on Kafka, and the CPU and
 //! memory of each process. It writes a report directory (Markdown, SVG charts, JSON) and prints
 //! as its last line `ideal_ratio=… fairness=… lost=… double=…`; it exits non-zero if a photo
-//! was lost or counted twice. Definitions of every figure: the README's "Load test" section.
+//! was lost or counted twice. Definitions of every figure: docs/loadtest.md.
 //!
 //! Run through `scripts/loadtest`, which builds the binaries; `--start-stack` starts its own
 //! devstack, processor and status-api on free ports.

@@ -82,7 +82,7 @@ pub struct Config {
     pub group_instance_id: Option<String>,
 
     /// Consumer-group protocol of the stages: `classic`, or `consumer` (KIP-848, needs Apache
-    /// Kafka ≥ 4.0). Measured on Apache Kafka 4.4 (README, "Consumer-group protocol"): after a
+    /// Kafka ≥ 4.0). Measured on Apache Kafka 4.4 (docs/kafka.md, "Consumer-group protocol"): after a
     /// kill -9, classic with static membership recovers at once; consumer refuses the
     /// restarted member until the broker's session timeout has passed.
     #[arg(long, env = "KAFKA_GROUP_PROTOCOL", value_enum, default_value_t = crate::kafka::GroupProtocol::Classic)]

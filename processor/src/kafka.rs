@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-/// Which consumer-group protocol the stages' consumers speak (README, "Apache Kafka").
+/// Which consumer-group protocol the stages' consumers speak (docs/kafka.md, "Consumer-group protocol").
 ///
 /// Both are supported by Apache Kafka 4.x and the librdkafka we bundle. They differ in where a
 /// member's liveness is judged and in what a restarted static member meets: with `classic` it

@@ -1,4 +1,4 @@
-//! The operators' replay recipes (README, "Replay with Apache Kafka's CLI") run with Apache
+//! The operators' replay recipes (docs/kafka.md, the replay recipes) run with Apache
 //! Kafka's own tools (`scripts/kafka-cli`) against the real pipeline: read a stage topic from the
 //! beginning, re-drive a dead letter into the thumbnail stage's input with the console producer
 //! (key kept), and reprocess everything with `kafka-consumer-groups --reset-offsets` while the

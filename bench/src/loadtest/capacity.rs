@@ -1,6 +1,6 @@
 //! The capacity model: from the CPU each stage measured per photo in this run and the upload
 //! rate seen, how many cores each stage needs to keep users' waits within targets, so an
-//! operator can size a cluster (README "Load test").
+//! operator can size a cluster (docs/loadtest.md).
 //!
 //! Per-stage CPU comes from the processor's own `cpu_job_seconds{lane}` (thread CPU time of
 //! every job on its CPU worker pool); the rest of the processor's CPU (Kafka clients, S3 and

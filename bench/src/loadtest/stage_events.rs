@@ -77,7 +77,7 @@ pub fn read_all(
         .set("bootstrap.servers", brokers)
         .set("group.id", "loadtest-reader")
         .set("enable.auto.commit", "false")
-        // noida-db answers a fetch with the whole backlog (see README "Tests").
+        // noida-db answers a fetch with the whole backlog (docs/kafka.md, "The embedded broker").
         .set("fetch.max.bytes", "52428800")
         .set("receive.message.max.bytes", "2000000000")
         .create()?;
