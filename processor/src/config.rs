@@ -134,20 +134,8 @@ pub struct Config {
     )]
     pub derived_key_pattern: String,
 
-    /// S3-compatible endpoint (Backblaze B2: https://s3.<region>.backblazeb2.com).
-    #[arg(long, env = "S3_ENDPOINT", default_value = "http://127.0.0.1:9000")]
-    pub s3_endpoint: String,
-    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
-    pub s3_region: String,
-    #[arg(long, env = "S3_ACCESS_KEY", default_value = "local")]
-    pub s3_access_key: String,
-    #[arg(
-        long,
-        env = "S3_SECRET_KEY",
-        default_value = "localsecret",
-        hide_env_values = true
-    )]
-    pub s3_secret_key: String,
+    #[command(flatten)]
+    pub s3: service_kit::s3::S3Args,
 
     /// Signing secret of the B2 event-notification rule (HMAC-SHA256 of the body).
     #[arg(

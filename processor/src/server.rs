@@ -10,7 +10,7 @@ use crate::ingest::{self, UploadStage};
 use crate::keys::KeyPattern;
 use crate::retry::RetryPolicy;
 use crate::stage_runner::RunnerConfig;
-use crate::storage::{ObjectStore, StorageConfig};
+use crate::storage::ObjectStore;
 use crate::thumbnail::render::RenderOptions;
 use crate::thumbnail::{thumbnail_stage, ThumbnailConfig};
 use axum::extract::State;
@@ -122,12 +122,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let retry = RetryPolicy::with_budget(cfg.retry_budget());
-    let storage = StorageConfig {
-        endpoint: cfg.s3_endpoint.clone(),
-        region: cfg.s3_region.clone(),
-        access_key: cfg.s3_access_key.clone(),
-        secret_key: cfg.s3_secret_key.clone(),
-    };
+    let storage = cfg.s3.clone();
     let (handoff, embed_max_side) = resolve_handoff(&cfg)?;
     // Both stages here and memory hand-off: they share the waiting embed inputs.
     let handoff_cache =

@@ -2,20 +2,11 @@
 //! downloading originals and uploading thumbnails, with bounded retries.
 
 use crate::retry::{retry, Attempt, RetryPolicy};
-use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use schemas::{Failure, FailureReason};
+use service_kit::s3::S3Args;
 use std::time::Duration;
-
-/// Connection settings for an S3-compatible endpoint.
-#[derive(Debug, Clone)]
-pub struct StorageConfig {
-    pub endpoint: String,
-    pub region: String,
-    pub access_key: String,
-    pub secret_key: String,
-}
 
 /// An S3 client with our retry policy and size limit.
 #[derive(Clone)]
@@ -25,24 +16,14 @@ pub struct ObjectStore {
     max_object_bytes: u64,
 }
 
-/// Build a path-style S3 client for a custom endpoint (B2 and local servers both need it).
-pub fn s3_client(cfg: &StorageConfig) -> aws_sdk_s3::Client {
+/// An S3 client for `cfg` with our timeouts (connect 5 s, each attempt 30 s).
+pub fn s3_client(cfg: &S3Args) -> aws_sdk_s3::Client {
     let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(5))
         .operation_attempt_timeout(Duration::from_secs(30))
         .build();
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version_latest()
-        .endpoint_url(&cfg.endpoint)
-        .region(Region::new(cfg.region.clone()))
-        .credentials_provider(Credentials::new(
-            &cfg.access_key,
-            &cfg.secret_key,
-            None,
-            None,
-            "photo-pipeline",
-        ))
-        .force_path_style(true)
+    let conf = cfg
+        .client_config("photo-pipeline")
         .timeout_config(timeouts)
         .build();
     aws_sdk_s3::Client::from_conf(conf)
@@ -69,7 +50,7 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
 }
 
 impl ObjectStore {
-    pub fn new(cfg: &StorageConfig, retry: RetryPolicy, max_object_bytes: u64) -> Self {
+    pub fn new(cfg: &S3Args, retry: RetryPolicy, max_object_bytes: u64) -> Self {
         Self {
             client: s3_client(cfg),
             retry,

@@ -118,21 +118,10 @@ pub struct Config {
 
     /// Object store the console's browsers upload to and read thumbnails from (presigned
     /// URLs), as browsers reach it.
-    #[arg(long, env = "S3_ENDPOINT", default_value = "http://127.0.0.1:9000")]
-    pub s3_endpoint: String,
-    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
-    pub s3_region: String,
+    #[command(flatten)]
+    pub s3: service_kit::s3::S3Args,
     #[arg(long, env = "S3_BUCKET", default_value = "photos")]
     pub s3_bucket: String,
-    #[arg(long, env = "S3_ACCESS_KEY", default_value = "local")]
-    pub s3_access_key: String,
-    #[arg(
-        long,
-        env = "S3_SECRET_KEY",
-        default_value = "localsecret",
-        hide_env_values = true
-    )]
-    pub s3_secret_key: String,
 
     /// Where uploads go; must match the processor's PHOTO_KEY_PATTERN.
     #[arg(

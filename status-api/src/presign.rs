@@ -3,17 +3,15 @@
 //! status-api. A user can only get URLs under their own key prefix: the user id comes from
 //! the checked token, and file names are reduced to one safe path segment.
 
-use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::presigning::PresigningConfig;
+use service_kit::s3::S3Args;
 use std::time::Duration;
 
 /// Where photos go and how long a URL stays valid.
 #[derive(Debug, Clone)]
 pub struct PresignConfig {
-    pub endpoint: String,
-    pub region: String,
-    pub access_key: String,
-    pub secret_key: String,
+    /// The object store as browsers reach it.
+    pub s3: S3Args,
     pub bucket: String,
     /// `users/{user_id}/photos/{file}`, as the processor's `PHOTO_KEY_PATTERN`.
     pub photo_key_pattern: String,
@@ -69,18 +67,9 @@ pub fn sanitize_file_name(name: &str) -> String {
 
 impl Presigner {
     pub fn new(cfg: PresignConfig) -> Self {
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version_latest()
-            .endpoint_url(&cfg.endpoint)
-            .region(Region::new(cfg.region.clone()))
-            .credentials_provider(Credentials::new(
-                &cfg.access_key,
-                &cfg.secret_key,
-                None,
-                None,
-                "status-api",
-            ))
-            .force_path_style(true)
+        let conf = cfg
+            .s3
+            .client_config("status-api")
             // No checksum in the signature: the browser sends the bytes, it cannot add one.
             .request_checksum_calculation(
                 aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
@@ -161,10 +150,12 @@ mod tests {
 
     fn presigner() -> Presigner {
         Presigner::new(PresignConfig {
-            endpoint: "http://127.0.0.1:9000".into(),
-            region: "us-east-1".into(),
-            access_key: "local".into(),
-            secret_key: "localsecret".into(),
+            s3: S3Args {
+                endpoint: "http://127.0.0.1:9000".into(),
+                region: "us-east-1".into(),
+                access_key: "local".into(),
+                secret_key: "localsecret".into(),
+            },
             bucket: "photos".into(),
             photo_key_pattern: "users/{user_id}/photos/{file}".into(),
             ttl: Duration::from_secs(60),

@@ -119,10 +119,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let presigner = Presigner::new(PresignConfig {
-        endpoint: cfg.s3_endpoint.clone(),
-        region: cfg.s3_region.clone(),
-        access_key: cfg.s3_access_key.clone(),
-        secret_key: cfg.s3_secret_key.clone(),
+        s3: cfg.s3.clone(),
         bucket: cfg.s3_bucket.clone(),
         photo_key_pattern: cfg.photo_key_pattern.clone(),
         ttl: Duration::from_secs(cfg.presign_ttl_secs.max(1)),
@@ -131,7 +128,7 @@ pub async fn run(
         TokenSigner::new(cfg.token_secret.as_bytes())?,
         presigner,
         gallery,
-        &s3_origin(&cfg.s3_endpoint),
+        &s3_origin(&cfg.s3.endpoint),
     )?;
     let kafka_client = cfg.kafka.client_config()?;
     let settings = Arc::new(SettingsService::new(
