@@ -29,9 +29,39 @@ pub fn s3_client(cfg: &S3Args) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
+/// Why an object-store operation failed, as the SDK's answer is classified.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The key or bucket does not exist (permanent).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The object is larger than `MAX_OBJECT_BYTES` (permanent; refused before reading it).
+    #[error("object is {len} bytes, above the limit of {max}")]
+    TooLarge { len: u64, max: u64 },
+    /// Anything else: network, timeouts, 5xx, throttling (retried).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl StorageError {
+    /// The photo's recorded failure after `attempts` tries of `op` (e.g. "GET bucket/key"):
+    /// the one place a storage error becomes a [`FailureReason`].
+    fn into_failure(self, op: &str, attempts: u32) -> Failure {
+        let (reason, detail) = match &self {
+            Self::NotFound(_) => (FailureReason::NotFound, format!("{op}: {self}")),
+            Self::TooLarge { .. } => (FailureReason::ObjectTooLarge, self.to_string()),
+            Self::Unavailable(_) => (
+                FailureReason::StorageError,
+                format!("{op} failed after {attempts} attempts: {self}"),
+            ),
+        };
+        Failure { reason, detail }
+    }
+}
+
 fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     e: SdkError<E, R>,
-) -> Attempt<String> {
+) -> Attempt<StorageError> {
     let code = e
         .as_service_error()
         .and_then(|s| s.code())
@@ -43,9 +73,9 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     };
     match code.as_str() {
         "NoSuchKey" | "NoSuchBucket" | "NotFound" => {
-            Attempt::Permanent(format!("not found: {text}"))
+            Attempt::Permanent(StorageError::NotFound(text))
         }
-        _ => Attempt::Transient(text),
+        _ => Attempt::Transient(StorageError::Unavailable(text)),
     }
 }
 
@@ -72,34 +102,15 @@ impl ObjectStore {
                 .map_err(classify)?;
             let len = resp.content_length().unwrap_or(0).max(0) as u64;
             if len > max {
-                return Err(Attempt::Permanent(format!("too_large:{len}")));
+                return Err(Attempt::Permanent(StorageError::TooLarge { len, max }));
             }
-            let body = resp
-                .body
-                .collect()
-                .await
-                .map_err(|e| Attempt::Transient(format!("reading body: {e}")))?;
+            let body = resp.body.collect().await.map_err(|e| {
+                Attempt::Transient(StorageError::Unavailable(format!("reading body: {e}")))
+            })?;
             Ok(body.into_bytes().to_vec())
         })
         .await;
-        result.map_err(|(e, attempts)| {
-            if let Some(len) = e.strip_prefix("too_large:") {
-                Failure {
-                    reason: FailureReason::ObjectTooLarge,
-                    detail: format!("object is {len} bytes, above the limit of {max}"),
-                }
-            } else if e.starts_with("not found") {
-                Failure {
-                    reason: FailureReason::NotFound,
-                    detail: format!("{bucket}/{key}: {e}"),
-                }
-            } else {
-                Failure {
-                    reason: FailureReason::StorageError,
-                    detail: format!("GET {bucket}/{key} failed after {attempts} attempts: {e}"),
-                }
-            }
-        })
+        result.map_err(|(e, attempts)| e.into_failure(&format!("GET {bucket}/{key}"), attempts))
     }
 
     /// Upload an object (idempotent: the same key is overwritten with the same bytes on redelivery).
@@ -127,10 +138,7 @@ impl ObjectStore {
             }
         })
         .await
-        .map_err(|(e, attempts)| Failure {
-            reason: FailureReason::StorageError,
-            detail: format!("PUT {bucket}/{key} failed after {attempts} attempts: {e}"),
-        })
+        .map_err(|(e, attempts)| e.into_failure(&format!("PUT {bucket}/{key}"), attempts))
     }
 
     /// Delete an object (retried like the others; deleting a missing key succeeds in S3).
@@ -146,9 +154,24 @@ impl ObjectStore {
             Ok(())
         })
         .await
-        .map_err(|(e, attempts)| Failure {
-            reason: FailureReason::StorageError,
-            detail: format!("DELETE {bucket}/{key} failed after {attempts} attempts: {e}"),
-        })
+        .map_err(|(e, attempts)| e.into_failure(&format!("DELETE {bucket}/{key}"), attempts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_storage_error_becomes_its_failure_reason() {
+        let f = StorageError::NotFound("NoSuchKey: gone".into()).into_failure("GET b/k", 1);
+        assert_eq!(f.reason, FailureReason::NotFound);
+        assert_eq!(f.detail, "GET b/k: not found: NoSuchKey: gone");
+        let f = StorageError::TooLarge { len: 10, max: 5 }.into_failure("GET b/k", 1);
+        assert_eq!(f.reason, FailureReason::ObjectTooLarge);
+        assert_eq!(f.detail, "object is 10 bytes, above the limit of 5");
+        let f = StorageError::Unavailable("503".into()).into_failure("PUT b/k", 7);
+        assert_eq!(f.reason, FailureReason::StorageError);
+        assert_eq!(f.detail, "PUT b/k failed after 7 attempts: 503");
     }
 }
