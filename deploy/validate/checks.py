@@ -18,6 +18,8 @@ with any detail lines indented below, and exits 0 or 1.
       the build targets compose uses exist; non-root USER; ENTRYPOINT per service target.
   checks.py compose-files LABEL COMPOSE.yml
       every bind-mounted file or folder of the compose file exists (compose does not check).
+  checks.py kafka-topics LABEL schemas/src k8s/strimzi/topics.yaml k8s/strimzi/user.yaml
+      every topic the code names is a Strimzi KafkaTopic the pipeline's user may read and write.
   checks.py kafka-version LABEL COMPOSE.yml scripts/kafka-jars k8s/strimzi/kustomization.yaml
       compose's Kafka image and the Strimzi resources' declared version are the tests' version.
 
@@ -466,10 +468,43 @@ def cmd_kafka_version(label, compose, kafka_jars, strimzi_kustomization):
     return finish(label, errors, f"Apache Kafka {tested} in the tests, compose and k8s/strimzi")
 
 
+def cmd_kafka_topics(label, schemas_src, strimzi_topics, strimzi_user):
+    """Every topic the code names (schemas/src: the default topic names both services use) is
+    declared as a Strimzi KafkaTopic, and the pipeline's KafkaUser may read and write it: prod
+    sets KAFKA_CREATE_TOPICS=false and its user may not create topics."""
+    import glob
+    import re
+    needed = set()
+    for path in glob.glob(os.path.join(schemas_src, "**", "*.rs"), recursive=True):
+        with open(path) as f:
+            needed |= set(re.findall(r'pub const [A-Z_]+: &str = "(photos\.[a-z_.-]+)"', f.read()))
+    declared = {d["spec"].get("topicName", d["metadata"]["name"])
+                for d in load_docs(strimzi_topics) if d and d.get("kind") == "KafkaTopic"}
+    acls = [a for d in load_docs(strimzi_user) if d and d.get("kind") == "KafkaUser"
+            for a in d["spec"].get("authorization", {}).get("acls", [])
+            if a["resource"]["type"] == "topic"]
+
+    def allowed(topic, op):
+        for a in acls:
+            name, pattern = a["resource"].get("name", ""), a["resource"].get("patternType", "literal")
+            hit = topic.startswith(name) if pattern == "prefix" else topic == name
+            if hit and op in a.get("operations", []):
+                return True
+        return False
+
+    errors = [f"topic {t} (named in {schemas_src}) has no KafkaTopic in {strimzi_topics}"
+              for t in sorted(needed - declared)]
+    errors += [f"KafkaUser in {strimzi_user} may not {op} topic {t}"
+               for t in sorted(needed) for op in ("Read", "Write", "Describe") if not allowed(t, op)]
+    if not needed:
+        errors.append(f"no topic names found in {schemas_src}")
+    return finish(label, errors, f"{len(needed)} topics declared with read/write ACLs: {', '.join(sorted(needed))}")
+
+
 def main(argv):
     cmds = {"k8s": cmd_k8s, "dashboard": cmd_dashboard, "grafana-provisioning": cmd_grafana_provisioning,
             "dockerfile": cmd_dockerfile, "compose-files": cmd_compose_files,
-            "kafka-version": cmd_kafka_version}
+            "kafka-version": cmd_kafka_version, "kafka-topics": cmd_kafka_topics}
     if len(argv) < 2 or argv[0] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2
