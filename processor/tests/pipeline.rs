@@ -523,9 +523,17 @@ async fn photos_with_faces_get_embeddings(handoff: &str) {
             }
         }
     }
-    // Every photo took the handed-over input, none re-read its original.
+    // Every photo took the handed-over input, none re-read its original. Delivery is
+    // at-least-once: on Apache Kafka a rebalance (the group's topics appearing) can redeliver a
+    // record in flight, and the repeated ThumbnailDone hands its input over again, so a photo
+    // may be counted twice here (seen once in 2 runs), but never zero times.
     let source = |s: &str| format!("embed_input_total{{source=\"{s}\"}}");
-    assert_eq!(counter(&stack, &source(handoff)).await, cases.len() as f64);
+    let handed_over = counter(&stack, &source(handoff)).await;
+    assert!(
+        handed_over >= cases.len() as f64,
+        "{handed_over} embed inputs from the {handoff} hand-off for {} photos",
+        cases.len()
+    );
     assert_eq!(counter(&stack, &source("original")).await, 0.0);
     // The DB hook got each photo's faces once (idempotency key photo_id:embeddings).
     let calls = stack.hook.calls.lock().unwrap().clone();
