@@ -65,8 +65,22 @@ ensure_tansu() {
   echo "$bin"
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+free_port() { # below the ephemeral range, so no outgoing connection takes it before we listen
+  python3 -c '
+import random, socket
+for _ in range(1000):
+    p = random.randrange(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break
+else:
+    raise SystemExit("no free port in 20000..32000")'
 }
 
 wait_http() { # url timeout_s

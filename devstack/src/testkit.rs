@@ -25,12 +25,19 @@ pub fn corpus() -> PathBuf {
     p
 }
 
+/// A port free now, for a child process to listen on. Taken below Linux's ephemeral range
+/// (32768–60999): a port the OS handed out for `:0` is released before the child binds it, and
+/// meanwhile any outgoing connection (a Kafka client, an HTTP request) could be given the same
+/// port; that made a processor fail with "Address already in use" once in CI. Below the range
+/// only another listener picking the same random port can collide.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000")
 }
 
 /// Topic names unique to one test, so tests can share an external broker.
