@@ -40,6 +40,18 @@ pub fn free_port() -> u16 {
     panic!("no free port in 20000..32000")
 }
 
+/// Photos a processor has finished (ok or failed, every stage), from its `/metrics` at
+/// `metrics_url`; `None` if it did not answer.
+pub async fn photos_processed(metrics_url: &str) -> Option<u64> {
+    let text = reqwest::get(metrics_url).await.ok()?.text().await.ok()?;
+    let sum: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("photos_processed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Some(sum as u64)
+}
+
 /// Topic names unique to one test, so tests can share an external broker.
 #[derive(Clone, Debug)]
 pub struct Topics {
@@ -293,14 +305,7 @@ impl Stack {
 
     /// Photos the running processor has finished (ok or failed), from its /metrics.
     pub async fn processed_count(&self) -> u64 {
-        let Ok(r) = reqwest::get(self.metrics_url()).await else {
-            return 0;
-        };
-        let text = r.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| l.starts_with("photos_processed_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        photos_processed(&self.metrics_url()).await.unwrap_or(0)
     }
 
     pub fn s3_client(&self) -> aws_sdk_s3::Client {

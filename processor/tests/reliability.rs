@@ -653,19 +653,8 @@ async fn first_photo_after(port: u16, since: Instant) -> Option<f64> {
     let url = format!("http://127.0.0.1:{port}/metrics");
     while since.elapsed() < Duration::from_secs(120) {
         // It answered /readyz before we started: not answering now means it died.
-        let Ok(r) = reqwest::get(&url).await else {
-            return None;
-        };
-        {
-            let text = r.text().await.unwrap_or_default();
-            let processed: f64 = text
-                .lines()
-                .filter(|l| l.starts_with("photos_processed_total{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            if processed > 0.0 {
-                return Some(since.elapsed().as_secs_f64());
-            }
+        if photos_processed(&url).await? > 0 {
+            return Some(since.elapsed().as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

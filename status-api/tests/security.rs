@@ -51,6 +51,36 @@ fn logging_wrapper(dir: &Path, bin: &Path, log: &Path) -> PathBuf {
     script
 }
 
+/// Where a [`logged_stack`]'s services write their stderr (kept until dropped).
+struct StackLogs {
+    processor: PathBuf,
+    status_api: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// The stack with the processor and status-api, both run with `env` and their stderr captured.
+async fn logged_stack(env: &[(&str, &str)]) -> (Stack, StackLogs) {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = StackLogs {
+        processor: dir.path().join("processor.log"),
+        status_api: dir.path().join("status-api.log"),
+        dir,
+    };
+    let processor = logging_wrapper(
+        logs.dir.path(),
+        &workspace_bin("processor"),
+        &logs.processor,
+    );
+    let status_api = logging_wrapper(
+        logs.dir.path(),
+        &workspace_bin("status-api"),
+        &logs.status_api,
+    );
+    let mut stack = Stack::start_with(processor, env.to_vec()).await;
+    stack.start_status_api(&status_api, env).await;
+    (stack, logs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_on_status_and_sse() {
     let mut stack = Stack::start(workspace_bin("processor")).await;
@@ -124,15 +154,7 @@ async fn bad_tokens_are_refused_on_status_and_sse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secrets_in_debug_logs() {
-    let dir = tempfile::tempdir().unwrap();
-    let proc_log = dir.path().join("processor.log");
-    let status_log = dir.path().join("status-api.log");
-    let processor = logging_wrapper(dir.path(), &workspace_bin("processor"), &proc_log);
-    let status_api = logging_wrapper(dir.path(), &workspace_bin("status-api"), &status_log);
-    let mut stack = Stack::start_with(processor, vec![("RUST_LOG", "debug")]).await;
-    stack
-        .start_status_api(&status_api, &[("RUST_LOG", "debug")])
-        .await;
+    let (mut stack, logs) = logged_stack(&[("RUST_LOG", "debug")]).await;
 
     // Normal flow: a photo through webhook → thumbnail, progress read with a token.
     let good = std::fs::read(corpus().join("photos/S_dune_1680x1050.jpg")).unwrap();
@@ -191,8 +213,14 @@ async fn no_secrets_in_debug_logs() {
     stack.kill_status_api();
 
     let logs = [
-        ("processor", std::fs::read_to_string(&proc_log).unwrap()),
-        ("status-api", std::fs::read_to_string(&status_log).unwrap()),
+        (
+            "processor",
+            std::fs::read_to_string(&logs.processor).unwrap(),
+        ),
+        (
+            "status-api",
+            std::fs::read_to_string(&logs.status_api).unwrap(),
+        ),
     ];
     let secrets = [
         ("webhook secret", SECRET.to_string()),
@@ -244,14 +272,7 @@ async fn no_secrets_in_debug_logs() {
 /// services; status-api used to ignore it and write text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_format_json_gives_json_lines_from_both_services() {
-    let dir = tempfile::tempdir().unwrap();
-    let proc_log = dir.path().join("processor.log");
-    let status_log = dir.path().join("status-api.log");
-    let processor = logging_wrapper(dir.path(), &workspace_bin("processor"), &proc_log);
-    let status_api = logging_wrapper(dir.path(), &workspace_bin("status-api"), &status_log);
-    let json = [("LOG_FORMAT", "json"), ("RUST_LOG", "info")];
-    let mut stack = Stack::start_with(processor, json.to_vec()).await;
-    stack.start_status_api(&status_api, &json).await;
+    let (mut stack, logs) = logged_stack(&[("LOG_FORMAT", "json"), ("RUST_LOG", "info")]).await;
     let photo = std::fs::read(corpus().join("photos/S_dune_1680x1050.jpg")).unwrap();
     stack.upload("users/u1/photos/one.jpg", photo).await;
     stack
@@ -259,7 +280,10 @@ async fn log_format_json_gives_json_lines_from_both_services() {
         .await;
     stack.kill_processor();
     stack.kill_status_api();
-    for (service, path) in [("processor", &proc_log), ("status-api", &status_log)] {
+    for (service, path) in [
+        ("processor", &logs.processor),
+        ("status-api", &logs.status_api),
+    ] {
         let text = std::fs::read_to_string(path).unwrap();
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         assert!(!lines.is_empty(), "{service} logged nothing");
