@@ -110,16 +110,24 @@ where
     K: Consumer<C>,
 {
     loop {
-        match partitions(consumer, topics) {
+        // Metadata and offset lookups block for up to seconds on a slow broker: off the
+        // runtime's workers, so that a service's other tasks (HTTP, other consumers) go on.
+        let assigned = blocking(|| match partitions(consumer, topics) {
             Ok(found) => {
                 let mut tpl = TopicPartitionList::new();
                 for (topic, partition) in found {
                     tpl.add_partition_offset(&topic, partition, start(&topic, partition))?;
                 }
                 consumer.assign(&tpl)?;
-                return Ok(Some(tpl));
+                anyhow::Ok(Some(tpl))
             }
-            Err(e) => tracing::debug!(%e, ?topics, "waiting for topics"),
+            Err(e) => {
+                tracing::debug!(%e, ?topics, "waiting for topics");
+                Ok(None)
+            }
+        })?;
+        if assigned.is_some() {
+            return Ok(assigned);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
@@ -148,6 +156,17 @@ pub async fn next_record<'c, C: ConsumerContext + 'static>(
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+/// Run a blocking librdkafka call: on a multi-thread runtime through `block_in_place` (the
+/// worker's other tasks move to another thread), elsewhere in place.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
