@@ -74,8 +74,9 @@ pub async fn run(
     else {
         return Ok(());
     };
-    let (c, assigned) = (consumer.clone(), tpl.clone());
-    let mut remaining = tokio::task::spawn_blocking(move || replay_ends(&c, &assigned)).await??;
+    let Some(mut remaining) = replay_ends_when_known(&consumer, &tpl, &shutdown).await? else {
+        return Ok(());
+    };
     tracing::info!(
         partitions = tpl.count(),
         to_replay = remaining.len(),
@@ -128,6 +129,27 @@ pub async fn run(
 }
 
 type Ends = HashMap<(String, i32), i64>;
+
+/// [`replay_ends`], asked again every second while the broker cannot answer in time (a busy
+/// or restarting broker): a lookup that times out once must not leave status-api unready for
+/// good. `None` once `shutdown` is cancelled.
+async fn replay_ends_when_known(
+    consumer: &Arc<StreamConsumer<LagStatistics>>,
+    assigned: &TopicPartitionList,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Ends>> {
+    loop {
+        let (c, a) = (consumer.clone(), assigned.clone());
+        match tokio::task::spawn_blocking(move || replay_ends(&c, &a)).await? {
+            Ok(ends) => return Ok(Some(ends)),
+            Err(e) => tracing::warn!(error = %e, "end offsets of the stage topics not known yet; asking again"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
 
 /// The end offset of each non-empty partition of `assigned` now: the start-up replay is done
 /// once every one is reached.

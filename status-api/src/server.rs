@@ -110,14 +110,25 @@ pub async fn run(
         LoginLimiter::new(cfg.login_max_failures, Duration::from_secs(60)),
     )?);
     let ops = Arc::new(Ops::new(sessions.clone()));
-    let feed = tokio::spawn(feed::run(
-        feed_cfg,
-        store.clone(),
-        gallery.clone(),
-        ops.clone(),
-        ready.clone(),
-        shutdown.clone(),
-    ));
+    // A feed that fails stops the service (the orchestrator restarts it): left running, it
+    // would answer /readyz "not ready" for good with the cause only in its exit.
+    let feed = tokio::spawn({
+        let (store, gallery, ops, ready, shutdown) = (
+            store.clone(),
+            gallery.clone(),
+            ops.clone(),
+            ready.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            let ended = feed::run(feed_cfg, store, gallery, ops, ready, shutdown.clone()).await;
+            if let Err(e) = &ended {
+                tracing::error!(error = %e, "stage feed failed; stopping");
+                shutdown.cancel();
+            }
+            ended
+        }
+    });
     let presigner = Presigner::new(PresignConfig {
         s3: cfg.s3.clone(),
         bucket: cfg.s3_bucket.clone(),
