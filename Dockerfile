@@ -16,11 +16,13 @@ ARG DEBIAN_RELEASE=bookworm
 ARG ONNXRUNTIME_VERSION=1.31.1
 
 # ---------------------------------------------------------------------------------------------
-# builder: both release binaries. librdkafka and libjpeg-turbo are compiled from their bundled
-# sources (cmake, nasm); OpenSSL and curl headers come from Debian.
+# builder: both release binaries. librdkafka, libjpeg-turbo and libheif (HEIC/AVIF) are compiled
+# from their bundled sources (cmake, nasm, g++); OpenSSL and curl headers and libheif's codecs
+# (libde265 for HEVC, dav1d for AV1) come from Debian.
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake nasm g++ make pkg-config libssl-dev libcurl4-openssl-dev \
+    libde265-dev libdav1d-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole workspace is needed: cargo loads every member's manifest even when building two.
@@ -49,12 +51,14 @@ RUN pip download --no-deps --only-binary=:all: --dest /tmp/wheel "onnxruntime==$
 
 # ---------------------------------------------------------------------------------------------
 # runtime-base: what every service needs at run time, and a fixed non-root user.
-# `ldd` of the processor shows libssl3/libcrypto3, zlib and glibc only (librdkafka and
-# libjpeg-turbo are linked statically); libstdc++6 is for ONNX Runtime. The numeric UID lets
+# `ldd` of the processor shows libssl3/libcrypto3, zlib, libde265, libdav1d, libstdc++ and glibc
+# (librdkafka, libjpeg-turbo, libheif and littleCMS are linked statically); libstdc++6 is also
+# for ONNX Runtime. The numeric UID lets
 # Kubernetes verify runAsNonRoot.
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime-base
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g libstdc++6 \
+    libde265-0 libdav1d6 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app

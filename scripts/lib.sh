@@ -33,7 +33,9 @@ ensure_apt() {
 
 # What the Rust build needs: librdkafka (bundled, built by cmake), libjpeg-turbo (bundled, cmake+nasm).
 ensure_build_deps() {
-  ensure_apt cmake nasm g++ make pkg-config libssl-dev libcurl4-openssl-dev
+  # libde265-dev and libdav1d-dev: the HEVC and AV1 codecs the embedded libheif links (its
+  # cmake silently leaves out a codec it cannot find; processor's HEIF tests catch that).
+  ensure_apt cmake nasm g++ make pkg-config libssl-dev libcurl4-openssl-dev libde265-dev libdav1d-dev
   command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
 }
 

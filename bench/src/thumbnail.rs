@@ -36,72 +36,6 @@ struct SharpResult {
     error: Option<String>,
 }
 
-/// SSIM (Wang et al. 2004) on luma: 11×11 Gaussian window, σ = 1.5, K1 = 0.01, K2 = 0.03,
-/// L = 255, averaged over the window positions that fit inside the image. Sizes that differ
-/// by rounding are compared on their common top-left area.
-fn ssim(ours: &[u8], theirs: &[u8]) -> anyhow::Result<(f64, bool)> {
-    let a = image::load_from_memory(ours)?.to_luma8();
-    let b = image::load_from_memory(theirs)?.to_luma8();
-    let same = a.dimensions() == b.dimensions();
-    let (w, h) = (
-        a.width().min(b.width()) as usize,
-        a.height().min(b.height()) as usize,
-    );
-    anyhow::ensure!(w >= 11 && h >= 11, "thumbnail smaller than the SSIM window");
-    let plane = |img: &image::GrayImage| -> Vec<f64> {
-        (0..h)
-            .flat_map(|y| (0..w).map(move |x| (x, y)))
-            .map(|(x, y)| img.get_pixel(x as u32, y as u32).0[0] as f64)
-            .collect()
-    };
-    let (x, y) = (plane(&a), plane(&b));
-    let kernel: Vec<f64> = {
-        let k: Vec<f64> = (-5..=5)
-            .map(|i: i32| (-(i * i) as f64 / (2.0 * 1.5 * 1.5)).exp())
-            .collect();
-        let sum: f64 = k.iter().sum();
-        k.into_iter().map(|v| v / sum).collect()
-    };
-    // Separable "valid" Gaussian filter: output is (w-10)×(h-10).
-    let blur = |p: &[f64]| -> Vec<f64> {
-        let (ow, oh) = (w - 10, h - 10);
-        let mut rows = vec![0.0; ow * h];
-        for r in 0..h {
-            for c in 0..ow {
-                rows[r * ow + c] = (0..11).map(|k| kernel[k] * p[r * w + c + k]).sum();
-            }
-        }
-        let mut out = vec![0.0; ow * oh];
-        for r in 0..oh {
-            for c in 0..ow {
-                out[r * ow + c] = (0..11).map(|k| kernel[k] * rows[(r + k) * ow + c]).sum();
-            }
-        }
-        out
-    };
-    let prod = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(a, b)| a * b).collect::<Vec<f64>>();
-    let (mx, my) = (blur(&x), blur(&y));
-    let (sxx, syy, sxy) = (
-        blur(&prod(&x, &x)),
-        blur(&prod(&y, &y)),
-        blur(&prod(&x, &y)),
-    );
-    let (c1, c2) = ((0.01f64 * 255.0).powi(2), (0.03f64 * 255.0).powi(2));
-    let n = mx.len();
-    let total: f64 = (0..n)
-        .map(|i| {
-            let (vx, vy, cxy) = (
-                sxx[i] - mx[i] * mx[i],
-                syy[i] - my[i] * my[i],
-                sxy[i] - mx[i] * my[i],
-            );
-            ((2.0 * mx[i] * my[i] + c1) * (2.0 * cxy + c2))
-                / ((mx[i] * mx[i] + my[i] * my[i] + c1) * (vx + vy + c2))
-        })
-        .sum();
-    Ok((total / n as f64, same))
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let sharp: HashMap<String, SharpResult> = std::fs::read_to_string(&args.sharp_results)?
@@ -165,7 +99,7 @@ fn main() -> anyhow::Result<()> {
                         &theirs,
                     )?;
                 }
-                let (score, same_size) = ssim(&out.jpeg, &theirs)?;
+                let (score, same_size) = devstack::compare::ssim(&out.jpeg, &theirs)?;
                 let ratio = ours_ms / sharp_ms;
                 ratios.push(ratio);
                 ssims.push(score);

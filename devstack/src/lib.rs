@@ -14,6 +14,7 @@
 pub mod b2;
 pub mod backlog;
 pub mod broker;
+pub mod compare;
 pub mod fetch_wait;
 pub mod hook_sink;
 pub mod hostile;

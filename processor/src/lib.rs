@@ -15,6 +15,7 @@ pub mod kafka;
 pub mod keys;
 pub mod offsets;
 pub mod outcome;
+pub mod photo;
 pub mod retry;
 pub mod server;
 pub mod settings;

@@ -224,6 +224,8 @@ async fn bad_images_fail_with_reasons_and_go_to_the_dlq() {
     let stack = stack_with(vec![("MAX_PIXELS", "15000000")]).await;
     let good = photo("S_dune_1680x1050.jpg");
     let bomb_png = png_header_only(50_000, 50_000);
+    let heic = std::fs::read(corpus().join("compat/ladybird.heic")).unwrap();
+    let avif = std::fs::read(corpus().join("compat/ladybird.avif")).unwrap();
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
         ("zero.jpg", vec![], &["empty_object"]),
         (
@@ -246,12 +248,15 @@ async fn bad_images_fail_with_reasons_and_go_to_the_dlq() {
             &["too_many_pixels"],
         ),
         (
-            "phone.heic",
-            std::fs::read(corpus().join("compat/ladybird.heic")).unwrap(),
-            &["unsupported_format"],
+            "cut.heic",
+            heic[..heic.len() / 2].to_vec(),
+            &["corrupt_image"],
         ),
+        ("phone.heic", heic.clone(), &[]),
+        ("phone.avif", avif, &[]),
         ("ok.jpg", good.clone(), &[]),
     ];
+    let refused = cases.iter().filter(|c| !c.2.is_empty()).count();
     for (name, body, _) in &cases {
         stack
             .upload(&format!("users/u3/photos/{name}"), body.clone())
@@ -268,6 +273,14 @@ async fn bad_images_fail_with_reasons_and_go_to_the_dlq() {
         assert_matches_schema(schemas::json_schema::THUMBNAIL_DONE, e);
         if reasons.is_empty() {
             assert_eq!(e["status"], "ok", "{name}: {e}");
+            // ladybird.heic/.avif are 2560x1600 photos: a 400x250 thumbnail.
+            if name.starts_with("phone.") {
+                assert_eq!(
+                    (&e["thumbnail"]["width"], &e["thumbnail"]["height"]),
+                    (&400.into(), &250.into()),
+                    "{name}: {e}"
+                );
+            }
         } else {
             assert_eq!(e["status"], "failed", "{name}: {e}");
             let reason = e["failure"]["reason"].as_str().unwrap();
@@ -278,9 +291,9 @@ async fn bad_images_fail_with_reasons_and_go_to_the_dlq() {
         }
     }
     let dlq = stack
-        .wait_for_photos(&stack.topics.dlq, cases.len() - 1, TIMEOUT)
+        .wait_for_photos(&stack.topics.dlq, refused, TIMEOUT)
         .await;
-    assert_eq!(dlq.len(), cases.len() - 1);
+    assert_eq!(dlq.len(), refused);
     for d in &dlq {
         assert_matches_schema(schemas::json_schema::DEAD_LETTER, d);
         assert_eq!(d["stage"], "thumbnail");

@@ -10,8 +10,11 @@
 use super::input::{jpeg_decode_scale, EmbedInput};
 use super::resize::Resizer;
 use super::EmbedError;
+use crate::photo::colour::{ColourProfile, SrgbConverter};
+use crate::photo::heif;
 use crate::thumbnail::jpeg::{JpegColorspace, JpegDecoder, PixelLayout};
 use crate::thumbnail::orient;
+use crate::thumbnail::render::{sniff, Format};
 use image::ImageDecoder;
 use schemas::FailureReason;
 
@@ -45,7 +48,32 @@ pub fn decode_oriented_rgb(data: &[u8], max_pixels: u64) -> Result<OrientedRgb, 
             return Ok(img);
         }
     }
+    if let Some(format @ (Format::Heic | Format::Avif)) = sniff(data) {
+        let img =
+            heif::decode(data, format.name(), max_pixels).map_err(|f| EmbedError::Decode {
+                reason: f.reason,
+                detail: f.detail,
+            })?;
+        let mut pixels = img.rgb;
+        to_srgb(&mut pixels, img.profile.as_ref());
+        return Ok(OrientedRgb {
+            pixels,
+            width: img.width,
+            height: img.height,
+        });
+    }
     decode_other(data, max_pixels)
+}
+
+/// Convert decoded pixels in a tagged colour space to sRGB, as the thumbnail stage does (the
+/// embed input must be the same pixels whichever stage decodes the photo).
+fn to_srgb(rgb: &mut [u8], profile: Option<&ColourProfile>) {
+    thread_local! {
+        static COLOUR: std::cell::RefCell<SrgbConverter> = Default::default();
+    }
+    if let Some(profile) = profile {
+        COLOUR.with_borrow_mut(|c| c.convert(rgb, profile));
+    }
 }
 
 /// Decode `data` straight to the embed input of `max_side` (see [`EmbedInput`]): a JPEG is
@@ -110,7 +138,10 @@ fn decode_jpeg_scaled(
     let (pixels, w, h) = dec
         .decode_scaled(data, &header, num, PixelLayout::Rgb)
         .map_err(corrupt)?;
-    let tag = orient::scan_jpeg_markers(data).orientation;
+    let markers = orient::scan_jpeg_markers(data);
+    let tag = markers.orientation;
+    let mut pixels = pixels;
+    to_srgb(&mut pixels, markers.icc.map(ColourProfile::Icc).as_ref());
     let (pixels, w, h) = orient::apply(pixels, w, h, 3, tag);
     let source = if orient::swaps_axes(tag) {
         (header.height as u32, header.width as u32)
@@ -166,9 +197,11 @@ fn decode_other(data: &[u8], max_pixels: u64) -> Result<OrientedRgb, EmbedError>
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let icc = decoder.icc_profile().ok().flatten();
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(err)?;
     img.apply_orientation(orientation);
-    let rgb = img.to_rgb8();
+    let mut rgb = img.to_rgb8();
+    to_srgb(&mut rgb, icc.map(ColourProfile::Icc).as_ref());
     let (width, height) = rgb.dimensions();
     Ok(OrientedRgb {
         pixels: rgb.into_raw(),

@@ -5,12 +5,14 @@
 //! already-resized image, where a transpose costs microseconds.
 
 /// What a quick walk over a JPEG's header segments tells us before decoding.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct JpegMarkers {
     /// EXIF orientation tag, 1–8 (1 when absent or unreadable).
     pub orientation: u8,
     /// An Adobe APP14 segment is present: CMYK data is then stored inverted.
     pub adobe: bool,
+    /// The embedded ICC profile (APP2 `ICC_PROFILE` chunks joined), if whole.
+    pub icc: Option<Vec<u8>>,
 }
 
 /// Walk the JPEG segments up to the first scan. Malformed or hostile EXIF is ignored (the
@@ -19,7 +21,10 @@ pub fn scan_jpeg_markers(data: &[u8]) -> JpegMarkers {
     let mut out = JpegMarkers {
         orientation: 1,
         adobe: false,
+        icc: None,
     };
+    // (sequence number, chunk count, bytes) of each ICC_PROFILE segment.
+    let mut icc_chunks: Vec<(u8, u8, &[u8])> = Vec::new();
     let mut pos = 2; // after SOI
     while pos + 4 <= data.len() {
         if data[pos] != 0xFF {
@@ -47,10 +52,14 @@ pub fn scan_jpeg_markers(data: &[u8]) -> JpegMarkers {
                 out.orientation = exif_orientation(&payload[6..]).unwrap_or(1);
             }
             0xEE if payload.starts_with(b"Adobe") => out.adobe = true,
+            0xE2 if payload.starts_with(b"ICC_PROFILE\0") && payload.len() > 14 => {
+                icc_chunks.push((payload[12], payload[13], &payload[14..]));
+            }
             _ => {}
         }
         pos += 2 + len;
     }
+    out.icc = crate::photo::colour::jpeg_icc_profile(&icc_chunks);
     out
 }
 

@@ -9,6 +9,8 @@ use super::orient;
 use crate::embed::input::jpeg_decode_scale;
 use crate::embed::resize::Resizer as AreaResizer;
 use crate::embed::EmbedInput;
+use crate::photo::colour::{ColourProfile, SrgbConverter};
+use crate::photo::heif;
 use fast_image_resize as fr;
 use schemas::{Failure, FailureReason, SourceImage};
 use std::io::Cursor;
@@ -171,6 +173,8 @@ pub struct Renderer {
     resizer: fr::Resizer,
     /// The embed input's exact area resampler.
     area: AreaResizer,
+    /// Tagged colour spaces → sRGB.
+    colour: SrgbConverter,
 }
 
 impl Renderer {
@@ -182,6 +186,7 @@ impl Renderer {
             jpeg_encoder: JpegEncoder::new(opts.quality).map_err(internal)?,
             resizer: fr::Resizer::new(),
             area: AreaResizer::default(),
+            colour: SrgbConverter::default(),
         })
     }
 
@@ -225,30 +230,25 @@ impl Renderer {
             )
         })?;
         let start = Instant::now();
-        let decoded = match format {
-            Format::Jpeg => self.decode_jpeg(data, embed)?,
-            Format::Heic | Format::Avif => {
-                return Err(fail(
-                    FailureReason::UnsupportedFormat,
-                    format!(
-                        "{} is not supported by this build (no HEIF decoder); upload JPEG instead \
-                         (iPhone: Settings > Camera > Formats > Most Compatible)",
-                        format.name().to_uppercase()
-                    ),
-                ))
-            }
-            other => self.decode_other(data, other)?,
-        };
-        let decode = start.elapsed();
-
-        let start = Instant::now();
         let Decoded {
-            rgb,
+            mut rgb,
             width,
             height,
             target,
             source,
-        } = decoded;
+            profile,
+        } = match format {
+            Format::Jpeg => self.decode_jpeg(data, embed)?,
+            Format::Heic | Format::Avif => self.decode_heif(data, format)?,
+            other => self.decode_other(data, other)?,
+        };
+        if let Some(profile) = &profile {
+            let done = self.colour.convert(&mut rgb, profile);
+            metrics::counter!("colour_conversions_total", "result" => done.label()).increment(1);
+        }
+        let decode = start.elapsed();
+
+        let start = Instant::now();
         let (rgb, w, h, input) = match embed {
             None => {
                 let (rgb, w, h) = if (width, height) == target {
@@ -427,6 +427,8 @@ impl Renderer {
             height: h,
             target,
             source,
+            // A CMYK file's profile describes the CMYK data, not the RGB made from it.
+            profile: markers.icc.filter(|_| !cmyk).map(ColourProfile::Icc),
         })
     }
 
@@ -451,6 +453,7 @@ impl Renderer {
         let (w, h) = decoder.dimensions();
         self.check_pixels(w as u64, h as u64)?;
         let orientation = decoder.orientation().map(|o| o.to_exif()).unwrap_or(1);
+        let icc = decoder.icc_profile().ok().flatten();
         let img = image::DynamicImage::from_decoder(decoder).map_err(|e| image_error(format, e))?;
         let rgb = if img.color().has_alpha() {
             flatten_on_white(img.to_rgba8())
@@ -470,6 +473,27 @@ impl Renderer {
             height: h as usize,
             target,
             source,
+            profile: icc.map(ColourProfile::Icc),
+        })
+    }
+
+    /// HEIC/HEIF and AVIF ([`heif::decode`]): decoded in full (HEVC and AV1 have no
+    /// shrink-on-load), upright, so the orientation left to apply is 1.
+    fn decode_heif(&mut self, data: &[u8], format: Format) -> Result<Decoded, Failure> {
+        let img = heif::decode(data, format.name(), self.opts.max_pixels)?;
+        let (w, h) = (img.width as usize, img.height as usize);
+        Ok(Decoded {
+            rgb: img.rgb,
+            width: w,
+            height: h,
+            target: self.stored_target(w, h, 1),
+            source: SourceImage {
+                format: format.name().into(),
+                width: img.width,
+                height: img.height,
+                orientation: 1,
+            },
+            profile: img.profile,
         })
     }
 
@@ -569,6 +593,8 @@ struct Decoded {
     /// Final thumbnail size in stored axes.
     target: (usize, usize),
     source: SourceImage,
+    /// The colour space the file declares, to be converted to sRGB.
+    profile: Option<ColourProfile>,
 }
 
 fn image_error(format: Format, e: image::ImageError) -> Failure {
@@ -681,9 +707,10 @@ mod tests {
             reason(r.render(&jpeg[..jpeg.len() / 2])),
             FailureReason::CorruptImage
         );
+        // A HEIC brand with no HEIF boxes behind it.
         let mut heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic".to_vec();
         heic.extend_from_slice(&[0; 64]);
-        assert_eq!(reason(r.render(&heic)), FailureReason::UnsupportedFormat);
+        assert_eq!(reason(r.render(&heic)), FailureReason::CorruptImage);
     }
 
     #[test]
