@@ -142,7 +142,9 @@ async fn replay_ends_when_known(
         let (c, a) = (consumer.clone(), assigned.clone());
         match tokio::task::spawn_blocking(move || replay_ends(&c, &a)).await? {
             Ok(ends) => return Ok(Some(ends)),
-            Err(e) => tracing::warn!(error = %e, "end offsets of the stage topics not known yet; asking again"),
+            Err(e) => {
+                tracing::warn!(error = %e, "end offsets of the stage topics not known yet; asking again")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
