@@ -16,6 +16,7 @@ One JSON line per photo on stdout (or --out):
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -38,7 +39,7 @@ _early_threads()  # reads --threads from the command line (also when imported by
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+from PIL import Image, ImageCms, ImageOps  # noqa: E402
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -74,6 +75,7 @@ def decode(path: str, max_side: int | None = None) -> tuple[np.ndarray, int, int
     the array may be smaller than the photo; W, H are always the full photo's.
     """
     with Image.open(path) as im:
+        icc = im.info.get("icc_profile")
         full_w, full_h = im.size
         if im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
             d = jpeg_draft_scale(full_w, full_h, max_side)
@@ -84,9 +86,40 @@ def decode(path: str, max_side: int | None = None) -> tuple[np.ndarray, int, int
         im = ImageOps.exif_transpose(im)
         if im.mode != "RGB":
             im = im.convert("RGB")
+        if icc:
+            im = to_srgb(im, icc)
         if swap:
             full_w, full_h = full_h, full_w
         return np.asarray(im, dtype=np.uint8), full_w, full_h
+
+
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+def to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
+    """§1 colour: RGB pixels with an embedded RGB profile that is not sRGB become sRGB
+    (littleCMS, perceptual intent). A profile that is sRGB already (sRGB's colorants within
+    0.002, and its tone curves: a grey ramp through it to sRGB moves no level by more than 1)
+    is left alone, as is one that cannot be read or is not RGB."""
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except (OSError, ImageCms.PyCMSError):
+        return im
+    if src.profile.xcolor_space.strip() != "RGB":
+        return im
+    srgb = ImageCms.ImageCmsProfile(_SRGB)
+    colorants = ("red_colorant", "green_colorant", "blue_colorant")
+    same_colorants = all(
+        getattr(src.profile, c) is not None
+        and all(abs(a - b) < 0.002 for a, b in zip(getattr(src.profile, c)[0], getattr(srgb.profile, c)[0]))
+        for c in colorants
+    )
+    if same_colorants:
+        ramp = Image.frombytes("RGB", (256, 1), bytes(v for v in range(256) for _ in range(3)))
+        out = ImageCms.profileToProfile(ramp, src, srgb, renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB")
+        if max(abs(a - b) for a, b in zip(out.tobytes(), ramp.tobytes())) <= 1:
+            return im
+    return ImageCms.profileToProfile(im, src, srgb, renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB")
 
 
 # ----------------------------------------------------------------------------- resampling

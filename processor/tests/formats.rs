@@ -89,8 +89,13 @@ async fn heic_and_avif_uploads_become_upright_thumbnails_and_hostile_ones_fail_w
         let body = std::fs::read(dir.path().join(&f.file)).unwrap();
         stack.upload(&key(&f.file), body).await;
     }
+    // An AVIF cut short, beside the fixtures' hostile HEICs.
+    let avif = std::fs::read(dir.path().join("plain.avif")).unwrap();
+    stack
+        .upload(&key("cut.avif"), avif[..avif.len() * 2 / 3].to_vec())
+        .await;
     let done = stack
-        .wait_for_photos(&stack.topics.thumbnailed, fixtures.len() + 1, TIMEOUT)
+        .wait_for_photos(&stack.topics.thumbnailed, fixtures.len() + 2, TIMEOUT)
         .await;
     let event = |name: &str| {
         done.iter()
@@ -163,18 +168,22 @@ async fn heic_and_avif_uploads_become_upright_thumbnails_and_hostile_ones_fail_w
             f.file
         );
     }
-    for f in fixtures.iter().filter(|f| !f.valid) {
-        let e = event(&f.file);
-        assert_eq!(e["status"], "failed", "{}: {e}", f.file);
-        let want: &[&str] = match f.file.as_str() {
+    let hostile = fixtures
+        .iter()
+        .filter(|f| !f.valid)
+        .map(|f| f.file.as_str())
+        .chain(["cut.avif"]);
+    for file in hostile {
+        let e = event(file);
+        assert_eq!(e["status"], "failed", "{file}: {e}");
+        let want: &[&str] = match file {
             "huge.heic" => &["too_many_pixels"],
             _ => &["corrupt_image"],
         };
         let reason = e["failure"]["reason"].as_str().unwrap();
         assert!(
             want.contains(&reason),
-            "{}: {reason} ({}), want {want:?}",
-            f.file,
+            "{file}: {reason} ({}), want {want:?}",
             e["failure"]["detail"]
         );
     }

@@ -212,7 +212,7 @@ async function pageLogin(app) {
 }
 
 async function pageUpload(app) {
-  const input = h('input', { id: 'files', type: 'file', multiple: true, accept: 'image/*,.heic,.heif', class: 'sr-only' });
+  const input = h('input', { id: 'files', type: 'file', multiple: true, accept: 'image/*,.heic,.heif,.avif', class: 'sr-only' });
   const zone = h('label', { class: 'dropzone', for: 'files', id: 'dropzone' },
     h('span', { text: 'Drag and drop photos here, or ' }), h('span', { class: 'pick', text: 'choose files' }),
     input);

@@ -6,7 +6,7 @@
 //   USER_A, PASS_A   an account whose photos are uploaded
 //   USER_B, PASS_B   another account, which must not see USER_A's data
 //   PHOTOS           photo paths separated by ':' (uploaded through the Upload page)
-//   EXPECT_FAILED    how many of PHOTOS must fail the thumbnail stage (e.g. a HEIC file)
+//   EXPECT_FAILED    how many of PHOTOS must fail the thumbnail stage (e.g. a truncated file)
 //   EXPECT_INDEXING  1 when the embed stage runs (banners go processing → indexing → done)
 //   SETTINGS_PHOTO   a photo uploaded after changing the thumbnail size on the Settings page
 //                    (USER_A must be an operator, USER_B must not)
@@ -240,7 +240,7 @@ async function main() {
     if (p === 'services') {
       await page.waitForFunction(() => /[1-9]\d* running/.test(document.querySelector('#service-thumbnail')?.textContent || ''));
       await page.waitForFunction(() => /[1-9]\d* running/.test(document.querySelector('#service-embed')?.textContent || ''));
-      assert.match(await page.textContent('#service-thumbnail'), /unsupported_format/, 'the HEIC failure is listed with its reason');
+      assert.match(await page.textContent('#service-thumbnail'), /corrupt_image/, 'the cut-off HEIC\'s failure is listed with its reason');
     }
     if (p === 'dashboard') {
       await page.waitForSelector('#dash-thumb-latency .spark');
