@@ -185,7 +185,6 @@ fn heif_failure(format: &str, step: &str, e: HeifError) -> Failure {
         (HeifErrorCode::UsageError, _) | (HeifErrorCode::ContextCreateFailed, _) => {
             FailureReason::Internal
         }
-        _ if is_missing_decoder(&e) => FailureReason::UnsupportedFormat,
         _ => FailureReason::CorruptImage,
     };
     let detail = if reason == FailureReason::UnsupportedFormat {
@@ -195,11 +194,6 @@ fn heif_failure(format: &str, step: &str, e: HeifError) -> Failure {
         detail
     };
     fail(reason, detail)
-}
-
-fn is_missing_decoder(e: &HeifError) -> bool {
-    e.message.contains("No decoding plugin")
-        || e.message.contains("decoder") && e.message.contains("not")
 }
 
 #[cfg(test)]
