@@ -22,6 +22,14 @@ with any detail lines indented below, and exits 0 or 1.
       every topic the code names is a Strimzi KafkaTopic the pipeline's user may read and write.
   checks.py kafka-version LABEL COMPOSE.yml scripts/kafka-jars k8s/strimzi/kustomization.yaml
       compose's Kafka image and the Strimzi resources' declared version are the tests' version.
+  checks.py prometheus-rule LABEL ALERTS.yaml RUNBOOK.md SRC_DIR...
+      every alert has a severity, summary, description and a runbook_url whose anchor is a
+      heading of RUNBOOK.md; every metric an expression reads is emitted by the Rust sources
+      (metrics::counter!/gauge!/histogram!), is `up`, or is recorded by the file itself.
+  checks.py podmonitors LABEL MONITORING.yaml RENDERED.yaml...
+      in each rendered overlay, every PodMonitor selects some Deployment's pods, on a named
+      port those pods have; every Deployment is scraped by exactly one PodMonitor; every `job`
+      the rules in MONITORING.yaml select on is one a PodMonitor sets.
 
 Runs inside the venv that has kubernetes-validate (which brings PyYAML and jsonschema).
 """
@@ -501,10 +509,141 @@ def cmd_kafka_topics(label, schemas_src, strimzi_topics, strimzi_user):
     return finish(label, errors, f"{len(needed)} topics declared with read/write ACLs: {', '.join(sorted(needed))}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Prometheus Operator: alert rules and PodMonitors (k8s/monitoring)
+
+RULE_WORDS = PROMQL_WORDS | {"unless", "deriv", "label_replace", "vector", "absent", "absent_over_time",
+                             "sum_over_time", "max_over_time", "min_over_time", "avg_over_time", "changes",
+                             "resets", "predict_linear", "histogram_quantile", "scalar", "bool", "group"}
+
+
+def emitted_metrics(src_dirs):
+    """{name: kind} of every metric the Rust sources emit with metrics::counter!/gauge!/histogram!."""
+    found = {}
+    for d in src_dirs:
+        for root, _, files in os.walk(d):
+            for n in files:
+                if n.endswith(".rs"):
+                    with open(os.path.join(root, n)) as f:
+                        for kind, name in re.findall(r'metrics::(counter|gauge|histogram)!\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"', f.read()):
+                            found[name] = kind
+    return found
+
+
+def expr_metrics(expr):
+    """Metric names an expression reads (identifiers left once strings, matchers, ranges,
+    durations, grouping labels, functions and keywords are removed)."""
+    bare = re.sub(r'"[^"]*"', "", expr)
+    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", bare)
+    grouping = set()
+    for m in re.finditer(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", bare):
+        grouping |= {x.strip() for x in m.group(1).split(",")}
+    bare = re.sub(r"\b\d+(?:\.\d+)?(?:e[+-]?\d+)?[a-z]*\b", "", bare)
+    return {i for i in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", bare) if i not in RULE_WORDS and i not in grouping}
+
+
+def prometheus_rules(path):
+    rules = [d for d in load_docs(path) if d.get("kind") == "PrometheusRule"]
+    return [r for doc in rules for g in doc["spec"]["groups"] for r in g["rules"]]
+
+
+def cmd_prometheus_rule(label, alerts_yaml, runbook_md, *src_dirs):
+    try:
+        rules = prometheus_rules(alerts_yaml)
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        return finish(label, [f"cannot read the PrometheusRule: {e!r}"], "")
+    errors = []
+    emitted = emitted_metrics(src_dirs)
+    if not emitted:
+        errors.append(f"no metrics found in {', '.join(src_dirs)}")
+    with open(runbook_md) as f:
+        # GitHub's heading anchors: lower-case, punctuation dropped, spaces to hyphens.
+        anchors = {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+                   for h in re.findall(r"^#+\s+(.*)$", f.read(), re.M)}
+    recorded = {r["record"] for r in rules if "record" in r}
+    alerts = [r for r in rules if "alert" in r]
+    if not alerts:
+        errors.append("no alerts")
+    used = set()
+    for r in rules:
+        what = r.get("alert") or r.get("record")
+        for m in expr_metrics(str(r["expr"])):
+            base = re.sub(r"_(bucket|sum|count)$", "", m)
+            used.add(m)
+            if m in recorded or m == "up" or emitted.get(m):
+                continue
+            if base != m and emitted.get(base) == "histogram":
+                continue
+            errors.append(f"{what}: metric {m} is not emitted by {', '.join(src_dirs)} (nor recorded here, nor `up`)")
+        if "alert" not in r:
+            continue
+        if r.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+            errors.append(f"{what}: label severity must be critical, warning or info")
+        ann = r.get("annotations", {})
+        for key in ("summary", "description", "runbook_url"):
+            if not ann.get(key):
+                errors.append(f"{what}: no {key} annotation")
+        url = ann.get("runbook_url", "")
+        doc, _, anchor = url.partition("#")
+        if doc and os.path.normpath(doc) != os.path.normpath(runbook_md):
+            errors.append(f"{what}: runbook_url {url} does not point into {runbook_md}")
+        elif anchor not in anchors:
+            errors.append(f"{what}: runbook_url anchor #{anchor} is no heading of {runbook_md}")
+    return finish(label, errors, f"{len(alerts)} alerts, {len(recorded)} recorded series; metrics read: "
+                  f"{', '.join(sorted(m for m in used if m not in recorded))}")
+
+
+def cmd_podmonitors(label, monitoring_yaml, *renders):
+    try:
+        docs = load_docs(monitoring_yaml)
+    except (OSError, yaml.YAMLError) as e:
+        return finish(label, [str(e)], "")
+    monitors = [d for d in docs if d.get("kind") == "PodMonitor"]
+    errors = [] if monitors else [f"no PodMonitor in {monitoring_yaml}"]
+    jobs = set()
+    for pm in monitors:
+        for ep in pm["spec"]["podMetricsEndpoints"]:
+            for rl in ep.get("relabelings", []):
+                if rl.get("targetLabel") == "job" and not rl.get("sourceLabels"):
+                    jobs.add(rl.get("replacement"))
+    # The jobs the rules select on (job="x", job=~"x|y") must be ones the PodMonitors set.
+    for d in docs:
+        if d.get("kind") != "PrometheusRule":
+            continue
+        for g in d["spec"]["groups"]:
+            for r in g["rules"]:
+                for op, val in re.findall(r'\bjob\s*(=~|=)\s*"([^"]*)"', str(r["expr"])):
+                    for j in (val.split("|") if op == "=~" else [val]):
+                        if j not in jobs:
+                            errors.append(f"{r.get('alert') or r.get('record')}: selects job {j!r}, which no PodMonitor sets (they set {sorted(jobs)})")
+    for render in renders:
+        where = os.path.basename(render)
+        deps = {d["metadata"]["name"]: d for d in load_docs(render) if d.get("kind") == "Deployment"}
+        scraped = {n: [] for n in deps}
+        for pm in monitors:
+            name = pm["metadata"]["name"]
+            sel = pm["spec"]["selector"].get("matchLabels", {})
+            targets = [n for n, d in deps.items() if matches(sel, d["spec"]["template"]["metadata"].get("labels", {}))]
+            if not targets:
+                errors.append(f"{where}: PodMonitor/{name} selector {sel} matches no Deployment's pods")
+            for t in targets:
+                scraped[t].append(name)
+                ports = {p.get("name") for c in deps[t]["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+                for ep in pm["spec"]["podMetricsEndpoints"]:
+                    if ep.get("port") not in ports:
+                        errors.append(f"{where}: PodMonitor/{name} scrapes port {ep.get('port')!r}, not a named port of Deployment/{t} ({sorted(p for p in ports if p)})")
+        for n, by in scraped.items():
+            if len(by) != 1:
+                errors.append(f"{where}: Deployment/{n} is scraped by {len(by)} PodMonitors {by}, not exactly one")
+    return finish(label, errors, f"{len(monitors)} PodMonitors (jobs {', '.join(sorted(jobs))}) cover every "
+                  f"Deployment of {len(renders)} renders")
+
+
 def main(argv):
     cmds = {"k8s": cmd_k8s, "dashboard": cmd_dashboard, "grafana-provisioning": cmd_grafana_provisioning,
             "dockerfile": cmd_dockerfile, "compose-files": cmd_compose_files,
-            "kafka-version": cmd_kafka_version, "kafka-topics": cmd_kafka_topics}
+            "kafka-version": cmd_kafka_version, "kafka-topics": cmd_kafka_topics,
+            "prometheus-rule": cmd_prometheus_rule, "podmonitors": cmd_podmonitors}
     if len(argv) < 2 or argv[0] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2

@@ -242,6 +242,8 @@ impl Stack {
             .env("TOPIC_THUMBNAILED", &self.topics.thumbnailed)
             .env("TOPIC_EMBEDDED", &self.topics.embedded)
             .env("STATUS_TOKEN_SECRET", TOKEN_SECRET)
+            // Most test stacks run no embed stage (extra_env turns it on where one runs).
+            .env("STATUS_EXPECT_EMBEDDINGS", "false")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in extra_env {

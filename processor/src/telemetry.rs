@@ -13,19 +13,11 @@
 //!   worker pool (thumbnail lane before embed lane); the load test's capacity model reads
 //!   `cpu_job_seconds_sum`
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Install the global Prometheus recorder and return the handle that renders `/metrics`.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            &[
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-            ],
-        )?
-        .install_recorder()?;
+    let handle = service_kit::service::prometheus_builder()?.install_recorder()?;
     metrics::describe_histogram!(
         "thumbnail_step_seconds",
         metrics::Unit::Seconds,

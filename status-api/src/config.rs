@@ -79,8 +79,10 @@ pub struct Config {
     )]
     pub allowed_origin: String,
 
-    /// Whether the deployment runs the embed stage: if not, a batch is done after thumbnails.
-    #[arg(long, env = "STATUS_EXPECT_EMBEDDINGS", default_value_t = false, action = clap::ArgAction::Set)]
+    /// Whether the deployment runs the embed stage: "done" then waits for the faces. On by
+    /// default (a deployment that forgot it would show "Done" before indexing); a deployment
+    /// without an embed stage sets it to false, or no batch would ever be done.
+    #[arg(long, env = "STATUS_EXPECT_EMBEDDINGS", default_value_t = true, action = clap::ArgAction::Set)]
     pub expect_embeddings: bool,
 
     /// Most SSE updates per second per connection (changes in between are coalesced).
@@ -138,4 +140,20 @@ pub struct Config {
     /// Recent photos kept per user for the console's Gallery.
     #[arg(long, env = "STATUS_GALLERY_PER_USER", default_value_t = 500)]
     pub gallery_per_user: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn done_waits_for_faces_unless_the_deployment_says_otherwise() {
+        if std::env::var_os("STATUS_EXPECT_EMBEDDINGS").is_some() {
+            return; // the environment decides; the default is not what is being read
+        }
+        let cli = Cli::try_parse_from(["status-api"]).unwrap();
+        assert!(cli.config.expect_embeddings);
+        let cli = Cli::try_parse_from(["status-api", "--expect-embeddings", "false"]).unwrap();
+        assert!(!cli.config.expect_embeddings);
+    }
 }

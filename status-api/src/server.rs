@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,12 +27,7 @@ use tower_http::cors::CorsLayer;
 
 /// Install the Prometheus recorder and describe our metrics.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0],
-        )?
-        .install_recorder()?;
+    let handle = service_kit::service::prometheus_builder()?.install_recorder()?;
     metrics::describe_gauge!("sse_connections", "Open SSE connections");
     metrics::describe_counter!("events_consumed_total", "Stage events applied, by topic");
     metrics::describe_gauge!("kafka_consumer_lag", "Records behind the partition end");
