@@ -191,21 +191,24 @@ fn partitions<C: ConsumerContext, K: Consumer<C>>(
 /// Export librdkafka's per-partition consumer lag as the gauge
 /// `kafka_consumer_lag{topic,partition}` (statistics arrive every `statistics.interval.ms`):
 /// records between the partition's end and the committed offset, or, for a consumer that
-/// commits nothing (status-api reads without a group), the offset it has read up to.
+/// commits nothing (status-api reads without a group), the offset it has read up to. A
+/// partition this consumer no longer reads (revoked in a rebalance) reads 0, not its last lag:
+/// the partition's new owner reports it, and a stale value would keep alerts firing.
 pub fn export_consumer_lag(stats: &Statistics) {
     for (topic, t) in &stats.topics {
         for (partition, p) in &t.partitions {
-            let lag = if p.consumer_lag >= 0 {
-                Some(p.consumer_lag)
-            } else if p.hi_offset >= 0 && p.app_offset >= 0 {
-                Some((p.hi_offset - p.app_offset).max(0))
-            } else {
-                None
-            };
-            if let (true, Some(lag)) = (*partition >= 0, lag) {
-                metrics::gauge!("kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
-                    .set(lag as f64);
+            if *partition < 0 {
+                continue;
             }
+            let lag = if p.consumer_lag >= 0 {
+                p.consumer_lag
+            } else if p.hi_offset >= 0 && p.app_offset >= 0 {
+                (p.hi_offset - p.app_offset).max(0)
+            } else {
+                0
+            };
+            metrics::gauge!("kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                .set(lag as f64);
         }
     }
 }
