@@ -113,12 +113,7 @@ pub fn decode(data: &[u8], format: &str, max_pixels: u64) -> Result<HeifPixels, 
     for row in plane.data.chunks(plane.stride).take(h) {
         let row = &row[..w * channels];
         if alpha {
-            for p in row.chunks_exact(4) {
-                let a = p[3] as u32;
-                for &c in &p[..3] {
-                    rgb.push(((c as u32 * a + 255 * (255 - a) + 127) / 255) as u8);
-                }
-            }
+            super::flatten_on_white(row, &mut rgb);
         } else {
             rgb.extend_from_slice(row);
         }

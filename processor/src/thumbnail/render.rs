@@ -10,7 +10,7 @@ use crate::embed::input::jpeg_decode_scale;
 use crate::embed::resize::Resizer as AreaResizer;
 use crate::embed::EmbedInput;
 use crate::photo::colour::{ColourProfile, SrgbConverter};
-use crate::photo::heif;
+use crate::photo::{flatten_on_white, heif};
 use fast_image_resize as fr;
 use schemas::{Failure, FailureReason, SourceImage};
 use std::io::Cursor;
@@ -456,7 +456,11 @@ impl Renderer {
         let icc = decoder.icc_profile().ok().flatten();
         let img = image::DynamicImage::from_decoder(decoder).map_err(|e| image_error(format, e))?;
         let rgb = if img.color().has_alpha() {
-            flatten_on_white(img.to_rgba8())
+            let rgba = img.to_rgba8();
+            let (w, h) = rgba.dimensions();
+            let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+            flatten_on_white(rgba.as_raw(), &mut rgb);
+            image::RgbImage::from_raw(w, h, rgb).expect("buffer sized for the image")
         } else {
             img.to_rgb8()
         };
@@ -624,21 +628,6 @@ fn image_error(format: Format, e: image::ImageError) -> Failure {
             format!("corrupt {}: {other}", format.name()),
         ),
     }
-}
-
-/// Composite RGBA over white (a thumbnail is a JPEG: transparency must become a colour, and
-/// white is what people expect behind a cut-out or logo).
-fn flatten_on_white(rgba: image::RgbaImage) -> image::RgbImage {
-    let (w, h) = rgba.dimensions();
-    let mut out = Vec::with_capacity((w * h * 3) as usize);
-    for p in rgba.pixels() {
-        let [r, g, b, a] = p.0;
-        let a = a as u32;
-        for c in [r, g, b] {
-            out.push(((c as u32 * a + 255 * (255 - a) + 127) / 255) as u8);
-        }
-    }
-    image::RgbImage::from_raw(w, h, out).expect("buffer sized for the image")
 }
 
 /// Naive CMYK→RGB. Adobe (Photoshop) CMYK JPEGs store inverted values, which libjpeg passes
