@@ -26,6 +26,15 @@ with any detail lines indented below, and exits 0 or 1.
       every alert has a severity, summary, description and a runbook_url whose anchor is a
       heading of RUNBOOK.md; every metric an expression reads is emitted by the Rust sources
       (metrics::counter!/gauge!/histogram!), is `up`, or is recorded by the file itself.
+  checks.py settings LABEL k8s|compose RENDERED.yaml|COMPOSE.yml DOCKERFILE SECRET_TEMPLATES|- SRC.rs...
+      the settings the code reads (`#[arg(env = "...")]` in status-api's and the processor's
+      Config, with the service-kit structs they flatten) that production needs (REQUIRED) are
+      set for every workload of the variant: Dockerfile ENV of its image, envFrom/env/valueFrom
+      (Secrets created out of band count with the keys of SECRET_TEMPLATES), compose
+      environment with defaults interpolated; a file setting must be a file in a mounted
+      volume. Every setting with no default or a local-only default (loopback, `local...`, a path
+      into the checkout) is classified REQUIRED or OPTIONAL, and neither list names a setting
+      the code does not read. A variant without an embed stage writes no hand-off derivatives.
   checks.py podmonitors LABEL MONITORING.yaml RENDERED.yaml...
       in each rendered overlay, every PodMonitor selects some Deployment's pods, on a named
       port those pods have; every Deployment is scraped by exactly one PodMonitor; every `job`
@@ -42,7 +51,8 @@ import sys
 import yaml
 
 # Secrets that overlays/prod deliberately does not render (created out of band, docs/deploy.md).
-EXTERNAL_SECRETS = {"photo-pipeline-processor", "photo-pipeline-status", "photo-pipeline-kafka", "kafka-cluster-ca"}
+EXTERNAL_SECRETS = {"photo-pipeline-processor", "photo-pipeline-status", "photo-pipeline-kafka",
+                    "photo-pipeline-console-accounts", "kafka-cluster-ca"}
 STAGES = {"ingest", "thumbnail", "embed"}
 # Which topic and consumer-group variable each autoscaled stage consumes (KEDA must watch the same).
 STAGE_INPUT = {"thumbnail": ("TOPIC_UPLOADED", "THUMBNAIL_GROUP", "photo-pipeline-thumbnail"),
@@ -510,6 +520,414 @@ def cmd_kafka_topics(label, schemas_src, strimzi_topics, strimzi_user):
 
 
 # ---------------------------------------------------------------------------------------------
+# Settings the code needs from each deployment variant (settings)
+#
+# The settings come from the code: every `#[arg(env = "VAR", ...)]` of status-api's and the
+# processor's `Config` (status-api/src/config.rs, processor/src/config.rs), with the structs
+# they flatten from service-kit (`KafkaArgs`, `S3Args`). Their defaults are for one machine
+# running `scripts/dev`: loopback addresses, MinIO's keys, well-known secrets, paths into the
+# checkout. Every setting with no default or such a local-only default must be classified
+# below, either REQUIRED (a variant that leaves it unset fails) or OPTIONAL (with the reason it
+# may stay unset), so that a new setting cannot slip into the code unnoticed by deployments.
+
+# (service, stages, VAR, scope, why[, value]). service: the binary. stages: for the processor,
+# the PROCESSOR_STAGES that need it (None: any). scope: "all" = every variant (the Kubernetes
+# overlays and docker-compose.yml), "k8s" = the overlays only (compose is a laptop stack).
+# value: the value it must have, where only one is right.
+REQUIRED = [
+    # status-api
+    ("status-api", None, "STATUS_HTTP_ADDR", "all", "the default 127.0.0.1:8080 is unreachable from outside the container"),
+    ("status-api", None, "KAFKA_BROKERS", "all", "the default 127.0.0.1:9092 is scripts/dev's broker"),
+    ("status-api", None, "STATUS_TOKEN_SECRET", "all", "the default local-token-secret is public: anyone could sign status tokens"),
+    ("status-api", None, "STATUS_ACCOUNTS_FILE", "all", "without an accounts file nobody can sign in to the console"),
+    ("status-api", None, "STATUS_ALLOWED_ORIGIN", "all", "the default http://127.0.0.1:8080 is scripts/dev's origin"),
+    ("status-api", None, "S3_ENDPOINT", "all", "presigned upload/thumbnail URLs would point at 127.0.0.1:9000"),
+    ("status-api", None, "S3_REGION", "all", "presigned URLs are signed for this region (B2: the bucket's, e.g. us-west-004)"),
+    ("status-api", None, "S3_ACCESS_KEY", "all", "presigned URLs would be signed with MinIO's local key"),
+    ("status-api", None, "S3_SECRET_KEY", "all", "presigned URLs would be signed with MinIO's local key"),
+    ("status-api", None, "S3_BUCKET", "all", "presigned URLs name this bucket; it must be the bucket the B2 webhook watches"),
+    ("status-api", None, "STATUS_COOKIE_SECURE", "k8s", "the Ingress serves the console over HTTPS: the session cookie must be Secure", "true"),
+    # processor, by stage (ingest: webhook -> Kafka; thumbnail and embed: Kafka + object store)
+    ("processor", None, "PROCESSOR_HTTP_ADDR", "all", "the default 127.0.0.1:8081 is unreachable from outside the container"),
+    ("processor", None, "KAFKA_BROKERS", "all", "the default 127.0.0.1:9092 is scripts/dev's broker"),
+    ("processor", ("ingest",), "B2_WEBHOOK_SECRET", "all", "the default local-webhook-secret is public: anyone could post events"),
+    ("processor", ("thumbnail", "embed"), "S3_ENDPOINT", "all", "the default is scripts/dev's 127.0.0.1:9000"),
+    ("processor", ("thumbnail", "embed"), "S3_REGION", "all", "requests are signed for this region (B2: the bucket's)"),
+    ("processor", ("thumbnail", "embed"), "S3_ACCESS_KEY", "all", "the default is MinIO's local key"),
+    ("processor", ("thumbnail", "embed"), "S3_SECRET_KEY", "all", "the default is MinIO's local key"),
+    ("processor", ("thumbnail",), "DB_HOOK_URL", "k8s", "unset, no thumbnail reaches the database (compose has no hook locally)"),
+    ("processor", ("thumbnail", "embed"), "EMBED_PROFILE", "all", "the default is a path in the source checkout"),
+    ("processor", ("embed",), "MODEL_DIR", "all", "the default ~/.cache/photo-pipeline/models is not in the image"),
+    ("processor", ("embed",), "ORT_DYLIB_PATH", "all", "the default is under MODEL_DIR; the embed image carries ONNX Runtime elsewhere"),
+    ("processor", ("thumbnail", "embed"), "CPU_WORKERS", "k8s", "without a CPU limit the default (available cores) is the whole node's"),
+]
+
+# Settings with no default or a local-only one that a deployment may leave unset, and why.
+OPTIONAL = {
+    "KAFKA_OPTIONS": "only for brokers that need TLS/SASL (prod sets it in kafka-sasl-tls.yaml)",
+    "KAFKA_GROUP_INSTANCE_ID": "static membership needs stable pod names; Deployments leave it unset",
+    "EMBED_WORKERS": "defaults to CPU_WORKERS",
+    "EMBED_HANDOFF": "resolved from the stages (memory with embed in the process, else derivative); "
+                     "a variant without an embed stage must set none (checked below)",
+}
+
+# Settings whose value is a path to a file the deployment must provide.
+FILE_SETTINGS = {"STATUS_ACCOUNTS_FILE"}
+
+# Images (Dockerfile targets) and the binary each runs.
+IMAGE_SERVICE = {"processor": "processor", "embed": "processor", "status-api": "status-api"}
+
+
+def _balanced(text, i, open_ch, close_ch):
+    """Index just past the bracket closing the one at text[i]."""
+    depth, j, in_str = 0, i, False
+    while j < len(text):
+        ch = text[j]
+        if in_str:
+            if ch == "\\":
+                j += 1
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch == open_ch:
+            depth += 1
+        elif ch == close_ch:
+            depth -= 1
+            if depth == 0:
+                return j + 1
+        j += 1
+    raise ValueError("unbalanced")
+
+
+def rust_structs(paths):
+    """{(path, Struct): [field]} of `pub struct X { ... }`, each field a dict: env, default
+    (a literal string, True for a non-literal default, None for none), optional, flatten (type
+    name) — from the `#[arg(...)]` / `#[command(flatten)]` attributes above each `pub` field."""
+    structs = {}
+    for path in paths:
+        with open(path) as f:
+            text = "\n".join(line for line in f.read().splitlines() if not line.strip().startswith("//"))
+        for m in re.finditer(r"\bpub struct (\w+)\s*\{", text):
+            body = text[m.end() - 1:_balanced(text, m.end() - 1, "{", "}")][1:-1]
+            fields, attrs, i = [], [], 0
+            while i < len(body):
+                if body.startswith("#[", i):
+                    end = _balanced(body, i + 1, "[", "]")
+                    attrs.append(body[i + 2:end - 1])
+                    i = end
+                    continue
+                fm = re.match(r"\s*pub\s+(\w+)\s*:\s*", body[i:])
+                if fm:
+                    j = i + fm.end()
+                    depth = 0
+                    while j < len(body) and not (body[j] == "," and depth == 0):
+                        depth += body[j] in "<(" and 1 or 0
+                        depth -= body[j] in ">)" and 1 or 0
+                        j += 1
+                    ty = body[i + fm.end():j].strip()
+                    a = " ".join(attrs)
+                    field = {"name": fm.group(1), "type": ty, "env": None, "flatten": None}
+                    if re.search(r"\bcommand\s*\(\s*flatten\s*\)", a):
+                        field["flatten"] = ty.split("::")[-1]
+                    env = re.search(r'\benv\s*=\s*"([A-Z0-9_]+)"', a)
+                    if env:
+                        field["env"] = env.group(1)
+                        lit = re.search(r'\bdefault_value\s*=\s*"((?:[^"\\]|\\.)*)"', a)
+                        other = re.search(r"\bdefault_value(_t)?\s*=", a)
+                        field["default"] = lit.group(1) if lit else (True if other else None)
+                        field["optional"] = ty.startswith(("Option<", "Vec<"))
+                    fields.append(field)
+                    attrs, i = [], j + 1
+                    continue
+                i += 1
+            structs[(path, m.group(1))] = fields
+    return structs
+
+
+def service_settings(src_files):
+    """{service: {VAR: field}} for status-api and processor, flattened structs resolved by name."""
+    structs = rust_structs(src_files)
+    by_name = {}
+    for (path, name), fields in structs.items():
+        by_name.setdefault(name, []).append(fields)
+    roots = {"status-api": "status-api/src/config.rs", "processor": "processor/src/config.rs"}
+    out = {}
+    for service, suffix in roots.items():
+        root = next((f for (p, n), f in structs.items() if p.endswith(suffix) and n == "Config"), None)
+        if root is None:
+            raise ValueError(f"no `pub struct Config` in a file ending {suffix} among the sources given")
+        settings, todo = {}, list(root)
+        while todo:
+            f = todo.pop()
+            if f["flatten"]:
+                cands = by_name.get(f["flatten"], [])
+                if len(cands) != 1:
+                    raise ValueError(f"{service}: flattened struct {f['flatten']} found {len(cands)} times in the sources")
+                todo.extend(cands[0])
+            elif f["env"]:
+                settings[f["env"]] = f
+        out[service] = settings
+    return out
+
+
+def local_only_default(field, repo_root):
+    """True when the code's default only makes sense on a developer's machine."""
+    d = field["default"]
+    if d is None:
+        return True
+    if d is True:
+        return False
+    return ("127.0.0.1" in d or "localhost" in d or d.startswith("local")
+            or ("/" in d and not d.startswith("/") and os.path.isfile(os.path.join(repo_root, d))))
+
+
+def dockerfile_env(path):
+    """{stage: {VAR: value}}: each stage's ENV, inherited through `FROM <stage>`."""
+    with open(path) as f:
+        text = f.read().replace("\\\n", " ")
+    stages, cur = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\s*FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.I)
+        if m:
+            cur = m.group(2) or m.group(1)
+            stages[cur] = dict(stages.get(m.group(1), {}))
+            continue
+        m = re.match(r"\s*ENV\s+(.*)", line, re.I)
+        if m and cur:
+            for k, v in re.findall(r'([A-Za-z_][A-Za-z0-9_]*)=("[^"]*"|\S+)', m.group(1)):
+                stages[cur][k] = v.strip('"')
+    return stages
+
+
+def image_target(image):
+    """`registry.example.com/photo-pipeline/embed:0.1.0` -> embed."""
+    return image.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+
+
+def k8s_workloads(docs, templates_path, docker_env):
+    """One entry per container of a Deployment that runs one of our images: its environment
+    ({VAR: (value, source)}), mounts and secrets, as Kubernetes would assemble them."""
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    import base64
+
+    def secret_values(s):
+        vals = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (s.get("data") or {}).items()}
+        vals.update(s.get("stringData") or {})
+        return vals
+
+    secrets = {n: (secret_values(s), f"Secret {n}") for n, s in by_kind.get("Secret", {}).items()}
+    templates = {}
+    if templates_path and templates_path != "-":
+        templates = {d["metadata"]["name"]: d for d in load_docs(templates_path) if d.get("kind") == "Secret"}
+    for n, s in templates.items():
+        if n not in secrets:  # created out of band (prod), with the template's keys
+            secrets[n] = (secret_values(s), f"Secret {n} (external; keys as {templates_path})")
+    configmaps = {n: (c.get("data") or {}, f"ConfigMap {n}") for n, c in by_kind.get("ConfigMap", {}).items()}
+    out = []
+    for name, dep in sorted(by_kind.get("Deployment", {}).items()):
+        pod = dep["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in pod["containers"]:
+            target = image_target(c.get("image", ""))
+            if target not in IMAGE_SERVICE:
+                continue
+            env = {k: (v, f"image {target} (Dockerfile ENV)") for k, v in docker_env.get(target, {}).items()}
+            notes = []
+            for ef in c.get("envFrom", []):
+                prefix = ef.get("prefix", "")
+                ref = ef.get("configMapRef") or ef.get("secretRef")
+                pool = configmaps if "configMapRef" in ef else secrets
+                if ref["name"] not in pool:
+                    notes.append(f"envFrom {ref['name']} is not in the render nor a known Secret template")
+                    continue
+                vals, src = pool[ref["name"]]
+                env.update({prefix + k: (v, src) for k, v in vals.items()})
+            for e in c.get("env", []):
+                if "value" in e:
+                    env[e["name"]] = (str(e["value"]), "env")
+                    continue
+                vf = e.get("valueFrom", {})
+                kref = vf.get("secretKeyRef") or vf.get("configMapKeyRef")
+                if kref:
+                    pool = secrets if "secretKeyRef" in vf else configmaps
+                    vals, src = pool.get(kref["name"], ({}, None))
+                    if kref["key"] in vals:
+                        env[e["name"]] = (vals[kref["key"]], f"{src}, key {kref['key']}")
+                    elif not kref.get("optional"):
+                        notes.append(f"{e['name']}: key {kref['key']} of {kref['name']} does not exist")
+                elif vf:
+                    env[e["name"]] = ("<from the pod>", "env valueFrom")
+            mounts = []
+            for m in c.get("volumeMounts", []):
+                v = volumes.get(m["name"], {})
+                files = None
+                if "secret" in v:
+                    sname = v["secret"].get("secretName")
+                    keys = list(secrets.get(sname, ({}, None))[0])
+                    items = v["secret"].get("items")
+                    files = [it["path"] for it in items if it["key"] in keys] if items else keys
+                    if "subPath" in m:
+                        files = [""] if m["subPath"] in files else []
+                mounts.append((m["mountPath"], files, f"volume {m['name']}"))
+            out.append({"where": f"Deployment/{name} container {c['name']}", "target": target,
+                        "env": env, "mounts": mounts, "notes": notes, "profiles": [], "entrypoint": ""})
+    return out
+
+
+def compose_interpolate(value):
+    """What compose passes to a container with no variables set on the host: ${X:-d} -> d."""
+    def sub(m):
+        if m.group(0) == "$$":
+            return "$"
+        op, default = m.group(2) or "", m.group(3) or ""
+        if op.endswith("?"):
+            return f"<${{{m.group(1)}}} from the host>"
+        return default if op else ""
+    return re.sub(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)", sub, str(value))
+
+
+def compose_workloads(compose_path, docker_env):
+    with open(compose_path) as f:
+        doc = yaml.safe_load(f)
+    out = []
+    for name, svc in sorted(doc.get("services", {}).items()):
+        build = svc.get("build") if isinstance(svc.get("build"), dict) else {}
+        target = build.get("target") or image_target(svc.get("image", ""))
+        if target not in IMAGE_SERVICE:
+            continue
+        env = {k: (v, f"image {target} (Dockerfile ENV)") for k, v in docker_env.get(target, {}).items()}
+        raw = svc.get("environment") or {}
+        if isinstance(raw, list):
+            raw = dict(item.split("=", 1) if "=" in item else (item, "") for item in raw)
+        env.update({k: (compose_interpolate("" if v is None else v), "environment") for k, v in raw.items()})
+        mounts = []
+        for v in svc.get("volumes", []):
+            dst = v.split(":")[1] if isinstance(v, str) else v.get("target", "")
+            mounts.append((dst, None, "volume"))
+        tmpfs = svc.get("tmpfs") or []
+        for t in [tmpfs] if isinstance(tmpfs, str) else tmpfs:
+            mounts.append((t.split(":")[0], "tmpfs", "tmpfs"))
+        ep = svc.get("entrypoint") or ""
+        out.append({"where": f"service {name}", "target": target, "env": env, "mounts": mounts, "notes": [],
+                    "profiles": svc.get("profiles") or [], "entrypoint": " ".join(ep) if isinstance(ep, list) else ep})
+    return out
+
+
+def file_setting_errors(w, var, path):
+    """The file a setting names must be provided: in a mounted Secret (k8s), or under a compose
+    mount (a tmpfs only if the service's entrypoint writes the file)."""
+    if not path.startswith("/"):
+        return [f"{var}={path} is not an absolute path"]
+    for mount_path, files, what in w["mounts"]:
+        mp = mount_path.rstrip("/")
+        if path != mp and not path.startswith(mp + "/"):
+            continue
+        rel = path[len(mp) + 1:]
+        if files == "tmpfs":
+            if var not in w["entrypoint"]:
+                return [f"{var}={path} is on a tmpfs ({mp}) that nothing writes (the entrypoint does not name {var})"]
+            return []
+        if files is not None and rel not in files:
+            return [f"{var}={path}: {what} at {mp} has no file {rel!r} (it has {sorted(files)})"]
+        return []
+    return [f"{var}={path} is not under any volume mounted into the container"]
+
+
+def cmd_settings(label, kind, variant_file, dockerfile, templates, *src_files):
+    """Every setting the code needs for production (REQUIRED) is set for each workload of one
+    deployment variant: a rendered overlay (kind k8s) or docker-compose.yml (kind compose)."""
+    errors = []
+    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        code = service_settings(src_files)
+    except (OSError, ValueError) as e:
+        return finish(label, [f"could not read the settings from the code: {e}"], "")
+    # The lists above against the code: no stale names, every setting without a production
+    # default classified.
+    for service, settings in code.items():
+        if not settings:
+            errors.append(f"no `env = \"...\"` settings found for {service} in {', '.join(src_files)}")
+        required = {r[2] for r in REQUIRED if r[0] == service}
+        for var in sorted(required - set(settings)):
+            errors.append(f"checks.py REQUIRED names {var} for {service}, which {service} does not read (renamed?)")
+        for var, f in sorted(settings.items()):
+            if var not in required and var not in OPTIONAL and local_only_default(f, repo_root):
+                shown = "none" if f["default"] is None else repr(f["default"])
+                errors.append(f"{service} reads {var} (code default: {shown}), which checks.py classifies neither "
+                              f"as REQUIRED nor OPTIONAL: decide whether deployments must set it")
+    read_anywhere = set().union(*code.values())
+    for var in sorted(set(OPTIONAL) - read_anywhere):
+        errors.append(f"checks.py OPTIONAL names {var}, which no service reads")
+
+    docker_env = dockerfile_env(dockerfile)
+    try:
+        if kind == "k8s":
+            workloads = k8s_workloads(load_docs(variant_file), templates, docker_env)
+        elif kind == "compose":
+            workloads = compose_workloads(variant_file, docker_env)
+        else:
+            return finish(label, [f"unknown kind {kind!r} (k8s or compose)"], "")
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        return finish(label, [f"could not read {variant_file}: {e!r}"], "")
+    if not workloads:
+        errors.append(f"{variant_file}: no container runs a photo-pipeline image")
+
+    variant = label.split(" ")[0]
+    counts = {}
+    for w in workloads:
+        service = IMAGE_SERVICE[w["target"]]
+        env = w["env"]
+        stages_default = code.get("processor", {}).get("PROCESSOR_STAGES", {}).get("default")
+        stages = set()
+        if service == "processor":
+            raw = env.get("PROCESSOR_STAGES", (stages_default if isinstance(stages_default, str) else "", ""))[0]
+            stages = {s.strip() for s in raw.split(",") if s.strip()}
+        w["service"], w["stages"] = service, stages
+        who = f"{variant}: {w['where']} ({service}{' ' + ','.join(sorted(stages)) if stages else ''})"
+        errors += [f"{who}: {n}" for n in w["notes"]]
+        n = 0
+        for req in REQUIRED:
+            svc, need_stages, var, scope, why = req[:5]
+            value = req[5] if len(req) > 5 else None
+            if svc != service or (scope == "k8s" and kind != "k8s"):
+                continue
+            if need_stages and not stages & set(need_stages):
+                continue
+            n += 1
+            got = env.get(var)
+            if got is None or got[0] == "":
+                errors.append(f"{who} does not set {var}: {why}")
+            elif value is not None and got[0] != value:
+                errors.append(f"{who} sets {var}={got[0]} ({got[1]}), must be {value}: {why}")
+            elif var in FILE_SETTINGS:
+                errors += [f"{who}: {e}" for e in file_setting_errors(w, var, got[0])]
+        counts[w["where"]] = n
+
+    # Without an embed stage, nothing deletes embed-input derivatives: a thumbnail stage must not
+    # write them (the code's default hand-off for a process without embed is `derivative`), and
+    # status-api must not wait for embeddings. For compose: the services started without a profile.
+    default_set = [w for w in workloads if not w["profiles"]]
+    runs_embed = any("embed" in w["stages"] for w in default_set)
+    if not runs_embed:
+        for w in default_set:
+            if "thumbnail" in w["stages"] and w["env"].get("EMBED_HANDOFF", ("", ""))[0] != "none":
+                errors.append(f"{variant}: {w['where']} runs the thumbnail stage with no embed stage in the variant but "
+                              f"EMBED_HANDOFF={w['env'].get('EMBED_HANDOFF', ('unset (derivative)',))[0]}: each photo "
+                              f"leaves a derivative PNG nobody deletes; set EMBED_HANDOFF=none")
+            if w["service"] == "status-api" and w["env"].get("STATUS_EXPECT_EMBEDDINGS", ("true",))[0] != "false":
+                errors.append(f"{variant}: {w['where']}: STATUS_EXPECT_EMBEDDINGS is not false but no embed stage runs: "
+                              f"no batch would ever be done")
+    classified = sum(1 for s, st in code.items() for v, f in st.items() if local_only_default(f, repo_root))
+    summary = (f"{sum(counts.values())} required settings set across {len(workloads)} workloads; "
+               f"{sum(len(s) for s in code.values())} settings read from the code, "
+               f"{classified} of them (per binary) without a production default, all classified")
+    return finish(label, errors, summary)
+
+
+# ---------------------------------------------------------------------------------------------
 # Prometheus Operator: alert rules and PodMonitors (k8s/monitoring)
 
 RULE_WORDS = PROMQL_WORDS | {"unless", "deriv", "label_replace", "vector", "absent", "absent_over_time",
@@ -643,7 +1061,7 @@ def main(argv):
     cmds = {"k8s": cmd_k8s, "dashboard": cmd_dashboard, "grafana-provisioning": cmd_grafana_provisioning,
             "dockerfile": cmd_dockerfile, "compose-files": cmd_compose_files,
             "kafka-version": cmd_kafka_version, "kafka-topics": cmd_kafka_topics,
-            "prometheus-rule": cmd_prometheus_rule, "podmonitors": cmd_podmonitors}
+            "prometheus-rule": cmd_prometheus_rule, "podmonitors": cmd_podmonitors, "settings": cmd_settings}
     if len(argv) < 2 or argv[0] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2
