@@ -24,6 +24,10 @@ struct Args {
     sharp_out: PathBuf,
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// What the anchor is called in the output ("sharp"; scripts/bench-heic: "anchor", which
+    /// is heif-convert + sharp).
+    #[arg(long, default_value = "sharp")]
+    anchor_name: String,
     files: Vec<PathBuf>,
 }
 
@@ -38,6 +42,7 @@ struct SharpResult {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let anchor = &args.anchor_name;
     let sharp: HashMap<String, SharpResult> = std::fs::read_to_string(&args.sharp_results)?
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -48,7 +53,11 @@ fn main() -> anyhow::Result<()> {
     let (mut ratios, mut ssims, mut ours_total, mut sharp_total) = (vec![], vec![], 0.0, 0.0);
     println!(
         "{:<40} {:>9} {:>9} {:>6} {:>7}  note",
-        "photo", "ours_ms", "sharp_ms", "ratio", "ssim"
+        "photo",
+        "ours_ms",
+        format!("{anchor}_ms"),
+        "ratio",
+        "ssim"
     );
     for file in &args.files {
         let name = file
@@ -68,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         let ours_ms = median(&mut times);
         let Some(s) = sharp.get(&name) else {
             println!(
-                "{name:<40} {ours_ms:>9.1} {:>9} {:>6} {:>7}  sharp did not run",
+                "{name:<40} {ours_ms:>9.1} {:>9} {:>6} {:>7}  {anchor} did not run",
                 "-", "-", "-"
             );
             continue;
@@ -83,7 +92,7 @@ fn main() -> anyhow::Result<()> {
                 f.detail
             ),
             (Ok(_), Some(e)) => println!(
-                "{name:<40} {ours_ms:>9.1} {:>9} {:>6} {:>7}  sharp failed: {e}",
+                "{name:<40} {ours_ms:>9.1} {:>9} {:>6} {:>7}  {anchor} failed: {e}",
                 "-", "-", "-"
             ),
             (Ok(out), None) => {
@@ -108,7 +117,10 @@ fn main() -> anyhow::Result<()> {
                 let note = if same_size {
                     String::new()
                 } else {
-                    format!("size differs from sharp ({}x{})", out.width, out.height)
+                    format!(
+                        "size differs from {anchor}'s ({}x{})",
+                        out.width, out.height
+                    )
                 };
                 println!(
                     "{name:<40} {ours_ms:>9.1} {sharp_ms:>9.1} {ratio:>6.2} {score:>7.4}  {note}"
@@ -120,7 +132,7 @@ fn main() -> anyhow::Result<()> {
     let ssim_mean = ssims.iter().sum::<f64>() / ssims.len() as f64;
     let ssim_min = ssims.iter().cloned().fold(f64::INFINITY, f64::min);
     println!(
-        "photos={} total_cpu_ms ours={ours_total:.1} sharp={sharp_total:.1} total_ratio={:.3}",
+        "photos={} total_cpu_ms ours={ours_total:.1} {anchor}={sharp_total:.1} total_ratio={:.3}",
         ratios.len(),
         ours_total / sharp_total
     );
