@@ -816,7 +816,95 @@ pub fn photos(corpus: &Path) -> Vec<HostilePhoto> {
         Failed("corrupt_image"),
         "APP1 length running past the end of the file",
     );
+
+    // Phone formats (HEIC, AVIF: the corpus's ladybird files) broken at the container level.
+    let heic = std::fs::read(corpus.join("compat/ladybird.heic"))
+        .expect("shared/corpus/compat/ladybird.heic");
+    let avif = std::fs::read(corpus.join("compat/ladybird.avif"))
+        .expect("shared/corpus/compat/ladybird.avif");
+    add(
+        "truncated.heic",
+        heic[..heic.len() / 2].to_vec(),
+        "image/heic",
+        Failed("corrupt_image"),
+        "HEIC cut in half (image data past the end)",
+    );
+    add(
+        "truncated.avif",
+        avif[..avif.len() * 2 / 3].to_vec(),
+        "image/avif",
+        Failed("corrupt_image"),
+        "AVIF cut short",
+    );
+    add(
+        "huge-ispe.heic",
+        box_patched(&heic, b"ispe", |b| {
+            // version/flags, then width and height: 100,000 x 100,000.
+            b[4..8].copy_from_slice(&100_000u32.to_be_bytes());
+            b[8..12].copy_from_slice(&100_000u32.to_be_bytes());
+        }),
+        "image/heic",
+        Failed("too_many_pixels"),
+        "HEIC declaring 100,000x100,000 pixels (ispe)",
+    );
+    add(
+        "no-hvcc.heic",
+        box_renamed(&heic, b"hvcC", b"free"),
+        "image/heic",
+        Failed("corrupt_image"),
+        "HEIC whose HEVC decoder configuration (hvcC) is missing",
+    );
+    add(
+        "no-av1c.avif",
+        box_renamed(&avif, b"av1C", b"free"),
+        "image/avif",
+        Failed("corrupt_image"),
+        "AVIF whose AV1 decoder configuration (av1C) is missing",
+    );
+    let mut brand_only = heic[..heic.len().min(32)].to_vec();
+    brand_only.extend(noise(4096, 12));
+    add(
+        "brand-only.heic",
+        brand_only,
+        "image/heic",
+        Failed("corrupt_image"),
+        "a HEIC ftyp followed by random bytes",
+    );
     v
+}
+
+/// `file` with every box of type `kind` passed to `patch` (the box from its version/flags on),
+/// in place: an ISOBMFF edit that keeps every offset valid. Box headers are found by their
+/// type; the corpus files are fixed, so the edit is deterministic.
+fn box_patched(file: &[u8], kind: &[u8; 4], patch: impl Fn(&mut [u8])) -> Vec<u8> {
+    let mut out = file.to_vec();
+    let mut found = 0;
+    let mut at = 4;
+    while let Some(i) = out[at..].windows(4).position(|w| w == kind) {
+        let start = at + i + 4;
+        let size = u32::from_be_bytes(out[start - 8..start - 4].try_into().unwrap()) as usize;
+        if size >= 20 && start - 8 + size <= out.len() {
+            patch(&mut out[start..start - 8 + size]);
+            found += 1;
+        }
+        at = start;
+    }
+    assert!(found > 0, "no {} box", String::from_utf8_lossy(kind));
+    out
+}
+
+/// `file` with every box of type `kind` renamed to `to` (same size): readers then skip the
+/// box, as if it were absent.
+fn box_renamed(file: &[u8], kind: &[u8; 4], to: &[u8; 4]) -> Vec<u8> {
+    let mut out = file.to_vec();
+    let hits: Vec<usize> = (4..out.len().saturating_sub(4))
+        .filter(|&i| &out[i..i + 4] == kind)
+        .collect();
+    assert!(!hits.is_empty(), "no {} box", String::from_utf8_lossy(kind));
+    for i in hits {
+        out[i..i + 4].copy_from_slice(to);
+    }
+    out
 }
 
 /// Build a raw webhook body from JSON text (so that invalid UTF-8 can be spliced in).
