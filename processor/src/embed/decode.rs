@@ -4,8 +4,11 @@
 //! The embed stage itself takes pixels; this is for the callers that start from a file (the
 //! `bench-embed` tool, the model tests). JPEG goes through libjpeg-turbo with its default
 //! settings (ISLOW IDCT, fancy upsampling) — the decoder Pillow uses — so the pixels, and hence
-//! the detections, are identical to the reference's; other formats (and CMYK JPEGs) go through
-//! the `image` crate. EXIF orientation 2–8 is applied exactly (flips and transposes only).
+//! the detections, are identical to the reference's; HEIC/HEIF and AVIF go through libheif
+//! (`photo::heif`, not in the reference: Pillow cannot read them), other formats (and CMYK
+//! JPEGs) through the `image` crate. EXIF orientation 2–8 is applied exactly (flips and
+//! transposes only). Pixels in a tagged colour space other than sRGB are converted to sRGB
+//! (`photo::colour`), as the reference and the thumbnail stage do.
 
 use super::input::{jpeg_decode_scale, EmbedInput};
 use super::resize::Resizer;

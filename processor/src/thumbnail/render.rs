@@ -1,5 +1,6 @@
 //! Turning the bytes of an original photo into thumbnail JPEG bytes: sniff, decode (with
-//! DCT-domain shrink-on-load for JPEG), resize with Lanczos3, apply EXIF orientation, encode.
+//! DCT-domain shrink-on-load for JPEG; HEIC/AVIF through `photo::heif`), convert a tagged
+//! colour space to sRGB (`photo::colour`), resize with Lanczos3, apply EXIF orientation, encode.
 //!
 //! Pure CPU work with no I/O, so the stage runs it on blocking threads and the benchmark calls
 //! it directly. Every failure maps to a stable [`FailureReason`].
