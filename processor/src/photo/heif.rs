@@ -166,13 +166,14 @@ fn declared_profile(handle: &ImageHandle) -> Option<ColourProfile> {
     })
 }
 
-/// A libheif error as the failure it is for the user: a missing codec is
-/// `unsupported_format` (naming the codec), a size over a limit is `too_many_pixels`,
-/// anything else about the file is `corrupt_image`.
+/// A libheif error as the failure it is for the user: an image in a compression format this
+/// build has no decoder for is `unsupported_format` (naming the ones it has), a size over a
+/// limit is `too_many_pixels`, anything else about the file is `corrupt_image`.
 fn heif_failure(format: &str, step: &str, e: HeifError) -> Failure {
     let detail = format!("{format} {step}: {} ({:?})", e.message, e.sub_code);
     let reason = match (e.code, e.sub_code) {
         (_, HeifErrorSubCode::SecurityLimitExceeded) => FailureReason::TooManyPixels,
+        (_, HeifErrorSubCode::NoMatchingDecoderInstalled) => FailureReason::UnsupportedFormat,
         (HeifErrorCode::UnsupportedFeature, HeifErrorSubCode::UnsupportedCodec)
         | (HeifErrorCode::UnsupportedFeature, HeifErrorSubCode::UnsupportedImageType)
         | (HeifErrorCode::UnsupportedFileType, _) => FailureReason::UnsupportedFormat,
@@ -183,8 +184,10 @@ fn heif_failure(format: &str, step: &str, e: HeifError) -> Failure {
         _ => FailureReason::CorruptImage,
     };
     let detail = if reason == FailureReason::UnsupportedFormat {
-        let codec = if format == "avif" { "AV1" } else { "HEVC" };
-        format!("{detail}: this build has no {codec} decoder for {format}")
+        format!(
+            "{detail}: the image is in a compression format this build cannot decode \
+             (it decodes HEVC and AV1, through libde265 and dav1d)"
+        )
     } else {
         detail
     };
@@ -232,6 +235,37 @@ mod tests {
         let data = compat("ladybird.heic");
         let f = decode(&data, "heic", 1_000_000).unwrap_err();
         assert_eq!(f.reason, FailureReason::TooManyPixels, "{f:?}");
+    }
+
+    /// The committed fuzz seed (a 64×64 HEIC from heif-enc) with its image item retyped to
+    /// another codec, its configuration box renamed and emptied.
+    fn retyped(item: &[u8; 4], config: &[u8; 4]) -> Vec<u8> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/heif/tiny.heic");
+        let mut data = std::fs::read(path).unwrap();
+        let at = |d: &[u8], w: &[u8]| d.windows(4).position(|x| x == w).unwrap();
+        let i = at(&data, b"hvc1");
+        data[i..i + 4].copy_from_slice(item);
+        let c = at(&data, b"hvcC");
+        data[c..c + 4].copy_from_slice(config);
+        // The configuration's payload becomes one empty child box of the same size.
+        let size = u32::from_be_bytes(data[c - 4..c].try_into().unwrap()) as usize;
+        let body = &mut data[c + 4..c - 4 + size];
+        body.fill(0);
+        body[..4].copy_from_slice(&((size - 8) as u32).to_be_bytes());
+        body[4..8].copy_from_slice(b"free");
+        data
+    }
+
+    #[test]
+    fn a_codec_this_build_lacks_is_unsupported_format_naming_what_it_decodes() {
+        // JPEG 2000 in HEIF: libheif parses it, but no OpenJPEG is built in.
+        let f = decode(&retyped(b"j2k1", b"j2kH"), "heic", 100_000_000).unwrap_err();
+        assert_eq!(f.reason, FailureReason::UnsupportedFormat, "{f:?}");
+        assert!(f.detail.contains("HEVC and AV1"), "{}", f.detail);
+        // The untouched seed decodes: the failure above is the codec, not the file.
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/heif/tiny.heic");
+        let img = decode(&std::fs::read(path).unwrap(), "heic", 100_000_000).unwrap();
+        assert_eq!((img.width, img.height), (64, 64));
     }
 
     #[test]
