@@ -6,7 +6,15 @@
 //! lockstep with the (ten times costlier) face work and a user waited half an hour for
 //! thumbnails under the 5 × 2,000 load test. Here the thumbnail lane is served first and the
 //! embed lane gets the capacity thumbnails leave; embed work cannot starve once uploads stop,
-//! since thumbnails then run out. The threads are also fixed, so the per-thread state (a JPEG
+//! since thumbnails then run out. Serving queued thumbnail jobs first is not enough on its own:
+//! a thumbnail job is only queued once its original is downloaded, and every moment the
+//! thumbnail lane is empty a worker takes a quarter-second embed job, until every worker is in
+//! one and the next thumbnail waits. So while the thumbnail stage is saturated (records read
+//! that have no slot yet: [`CpuPool::set_backlog`]) and its jobs keep coming, embed jobs may
+//! occupy all workers but one: a thumbnail never waits for a worker behind face work, and the
+//! cores thumbnails leave idle while they wait for downloads still do face work. A pool of one
+//! worker holds embed jobs back altogether then ([`EMBED_HOLD_LIMIT`] bounds that wait when
+//! thumbnail work stalls on I/O). The threads are also fixed, so the per-thread state (a JPEG
 //! codec, an ONNX Runtime session set with its arenas) exists once per worker, not once per
 //! blocking thread tokio happened to start.
 //!
@@ -18,7 +26,11 @@
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long after the last thumbnail job was queued a thumbnail backlog still holds back embed
+/// jobs: thumbnails that stall on downloads must not leave the cores idle.
+pub const EMBED_HOLD_LIMIT: Duration = Duration::from_secs(1);
 
 /// Which lane a job waits in; lower runs first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +42,6 @@ pub enum Lane {
 }
 
 impl Lane {
-    const ALL: [Lane; 2] = [Lane::Thumbnail, Lane::Embed];
-
     /// The metric label.
     pub fn name(self) -> &'static str {
         match self {
@@ -57,16 +67,52 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Default)]
 struct Lanes {
     queued: [VecDeque<(Instant, Job)>; 2],
+    /// Thumbnail records read but not yet started by their stage ([`CpuPool::set_backlog`]).
+    thumbnail_backlog: usize,
+    /// When the last thumbnail job was queued.
+    last_thumbnail: Option<Instant>,
+    /// Embed jobs running now.
+    embed_running: usize,
+    workers: usize,
     stopping: bool,
 }
 
+/// What a worker found.
+enum Next {
+    Run(Lane, Instant, Job),
+    /// Only embed jobs are queued and they are held back until this instant at the latest.
+    Held(Instant),
+    Idle,
+}
+
 impl Lanes {
-    fn next(&mut self) -> Option<(Lane, Instant, Job)> {
-        Lane::ALL.into_iter().find_map(|lane| {
-            self.queued[lane as usize]
-                .pop_front()
-                .map(|(at, job)| (lane, at, job))
-        })
+    fn next(&mut self) -> Next {
+        if let Some((at, job)) = self.queued[Lane::Thumbnail as usize].pop_front() {
+            return Next::Run(Lane::Thumbnail, at, job);
+        }
+        if self.queued[Lane::Embed as usize].is_empty() {
+            return Next::Idle;
+        }
+        if let Some(until) = self.embed_held_until() {
+            return Next::Held(until);
+        }
+        match self.queued[Lane::Embed as usize].pop_front() {
+            Some((at, job)) => {
+                self.embed_running += 1;
+                Next::Run(Lane::Embed, at, job)
+            }
+            None => Next::Idle,
+        }
+    }
+
+    /// While the thumbnail stage is saturated and its jobs keep coming, embed work keeps off
+    /// the last free worker.
+    fn embed_held_until(&self) -> Option<Instant> {
+        if self.thumbnail_backlog == 0 || self.embed_running + 1 < self.workers {
+            return None;
+        }
+        let until = self.last_thumbnail? + EMBED_HOLD_LIMIT;
+        (Instant::now() < until).then_some(until)
     }
 }
 
@@ -87,7 +133,10 @@ impl CpuPool {
     pub fn new(workers: usize) -> Arc<Self> {
         let workers = workers.max(1);
         let shared = Arc::new(Shared {
-            lanes: Mutex::new(Lanes::default()),
+            lanes: Mutex::new(Lanes {
+                workers,
+                ..Lanes::default()
+            }),
             wake: Condvar::new(),
         });
         for i in 0..workers {
@@ -131,11 +180,33 @@ impl CpuPool {
             if lanes.stopping {
                 return Err(CpuJobError::Stopped);
             }
-            lanes.queued[lane as usize].push_back((Instant::now(), job));
+            let now = Instant::now();
+            if lane == Lane::Thumbnail {
+                lanes.last_thumbnail = Some(now);
+            }
+            lanes.queued[lane as usize].push_back((now, job));
             set_queued_gauge(lane, lanes.queued[lane as usize].len());
         }
         self.shared.wake.notify_one();
         rx.await.map_err(|_| CpuJobError::Stopped)?
+    }
+
+    /// How many records of `lane`'s stage are read and waiting for a slot (the stage is
+    /// saturated). A thumbnail backlog holds embed jobs back while thumbnail jobs keep coming;
+    /// the embed backlog changes nothing.
+    pub fn set_backlog(&self, lane: Lane, waiting: usize) {
+        if lane != Lane::Thumbnail {
+            return;
+        }
+        let released = {
+            let mut lanes = self.shared.lanes.lock().expect("cpu pool lock");
+            let released = lanes.thumbnail_backlog > 0 && waiting == 0;
+            lanes.thumbnail_backlog = waiting;
+            released
+        };
+        if released {
+            self.shared.wake.notify_all();
+        }
     }
 }
 
@@ -156,19 +227,34 @@ fn work(shared: &Shared) {
         let (lane, queued_at, job) = {
             let mut lanes = shared.lanes.lock().expect("cpu pool lock");
             loop {
-                if let Some(next) = lanes.next() {
-                    set_queued_gauge(next.0, lanes.queued[next.0 as usize].len());
-                    break next;
+                match lanes.next() {
+                    Next::Run(lane, at, job) => {
+                        set_queued_gauge(lane, lanes.queued[lane as usize].len());
+                        break (lane, at, job);
+                    }
+                    // Stopping drains the queue, held embed jobs included.
+                    Next::Held(_) if lanes.stopping => lanes.thumbnail_backlog = 0,
+                    Next::Held(until) => {
+                        let wait = until.saturating_duration_since(Instant::now());
+                        lanes = shared
+                            .wake
+                            .wait_timeout(lanes, wait)
+                            .expect("cpu pool lock")
+                            .0;
+                    }
+                    Next::Idle if lanes.stopping => return,
+                    Next::Idle => lanes = shared.wake.wait(lanes).expect("cpu pool lock"),
                 }
-                if lanes.stopping {
-                    return;
-                }
-                lanes = shared.wake.wait(lanes).expect("cpu pool lock");
             }
         };
         metrics::histogram!("cpu_queue_wait_seconds", "lane" => lane.name())
             .record(queued_at.elapsed().as_secs_f64());
         job();
+        if lane == Lane::Embed {
+            shared.lanes.lock().expect("cpu pool lock").embed_running -= 1;
+            // A worker may be waiting for the embed slot this job held.
+            shared.wake.notify_one();
+        }
     }
 }
 
@@ -248,6 +334,95 @@ mod tests {
             ],
             "thumbnails first, each lane in submission order"
         );
+    }
+
+    /// Queue an embed job that records when it ran.
+    fn embed_job(pool: &Arc<CpuPool>) -> tokio::task::JoinHandle<Instant> {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.run(Lane::Embed, Instant::now).await.unwrap() })
+    }
+
+    #[tokio::test]
+    async fn a_thumbnail_backlog_holds_embed_jobs_until_it_is_gone() {
+        let pool = CpuPool::new(1);
+        pool.set_backlog(Lane::Thumbnail, 3);
+        pool.run(Lane::Thumbnail, || ()).await.unwrap();
+        let embed = embed_job(&pool);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !embed.is_finished(),
+            "the embed job ran beside a thumbnail backlog"
+        );
+        // Another thumbnail job keeps the hold on past the first job's limit.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pool.run(Lane::Thumbnail, || ()).await.unwrap();
+        tokio::time::sleep(EMBED_HOLD_LIMIT - Duration::from_millis(400)).await;
+        assert!(
+            !embed.is_finished(),
+            "thumbnail jobs kept coming; embed must wait"
+        );
+        let released = Instant::now();
+        pool.set_backlog(Lane::Thumbnail, 0);
+        let ran = embed.await.unwrap();
+        assert!(
+            ran.duration_since(released) < Duration::from_millis(500),
+            "released embed job waited {:?}",
+            ran.duration_since(released)
+        );
+        // The embed stage's own backlog holds nothing back.
+        pool.set_backlog(Lane::Embed, 10);
+        embed_job(&pool).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn beside_a_thumbnail_backlog_face_work_keeps_one_worker_free() {
+        let pool = CpuPool::new(2);
+        pool.set_backlog(Lane::Thumbnail, 3);
+        pool.run(Lane::Thumbnail, || ()).await.unwrap();
+        // The first embed job gets a worker (thumbnails still have the other one)...
+        let release = Arc::new(AtomicBool::new(false));
+        let r = release.clone();
+        let first = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.run(Lane::Embed, move || {
+                    while !r.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+                .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ...a second one does not take the last worker...
+        let second = embed_job(&pool);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!second.is_finished(), "face work took the last worker");
+        // ...which runs thumbnails at once.
+        tokio::time::timeout(Duration::from_millis(500), pool.run(Lane::Thumbnail, || ()))
+            .await
+            .expect("a thumbnail waited behind face work")
+            .unwrap();
+        // Once the first is done, the second takes its place.
+        release.store(true, Ordering::SeqCst);
+        first.await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_millis(500), second)
+            .await
+            .expect("the second embed job did not take the freed worker")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stalled_thumbnail_stage_holds_embed_jobs_no_longer_than_the_limit() {
+        let pool = CpuPool::new(1);
+        pool.set_backlog(Lane::Thumbnail, 3);
+        let last = Instant::now();
+        pool.run(Lane::Thumbnail, || ()).await.unwrap();
+        let ran = tokio::time::timeout(EMBED_HOLD_LIMIT * 3, embed_job(&pool))
+            .await
+            .expect("embed job held for good")
+            .unwrap();
+        assert!(ran.duration_since(last) >= EMBED_HOLD_LIMIT - Duration::from_millis(50));
     }
 
     #[tokio::test]

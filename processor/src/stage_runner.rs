@@ -51,6 +51,10 @@ pub trait StageWork: Send + Sync + 'static {
     /// Called when shutdown's grace period is over: pending deliveries must give up.
     fn abandon(&self);
 
+    /// How many records are read and waiting for a slot (0 once the stage keeps up); the
+    /// thumbnail stage tells the CPU pool, which holds face work back meanwhile.
+    fn backlog(&self, _waiting: usize) {}
+
     /// Wait for queued outputs before the final commit.
     fn flush(&self);
 }
@@ -220,7 +224,10 @@ impl<W: StageWork> StageRunner<W> {
     /// error fatal) joins again every 5 s in this process, instead of crash-looping.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         loop {
-            match self.consume(&shutdown).await? {
+            let ended = self.consume(&shutdown).await;
+            // Nothing is waiting any more (the records go back to Kafka).
+            self.work.backlog(0);
+            match ended? {
                 Ended::Stopped => return Ok(()),
                 Ended::InstanceIdInUse(reason) => {
                     let stage = self.work.name();
@@ -261,6 +268,7 @@ impl<W: StageWork> StageRunner<W> {
             }
             metrics::gauge!("photos_in_flight", "stage" => stage).set(running.len() as f64);
             metrics::gauge!("photos_buffered", "stage" => stage).set(queue.len() as f64);
+            self.work.backlog(queue.len());
             if self.rebalanced.swap(false, Ordering::SeqCst) {
                 // The share depends on the assignment's size. A partition that used its share
                 // stays paused if we still own it: after an eager (classic) rebalance it came
