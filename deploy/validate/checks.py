@@ -556,6 +556,7 @@ REQUIRED = [
     ("processor", ("thumbnail", "embed"), "S3_ACCESS_KEY", "all", "the default is MinIO's local key"),
     ("processor", ("thumbnail", "embed"), "S3_SECRET_KEY", "all", "the default is MinIO's local key"),
     ("processor", ("thumbnail",), "DB_HOOK_URL", "k8s", "unset, no thumbnail reaches the database (compose has no hook locally)"),
+    ("processor", ("thumbnail", "embed"), "DB_HOOK_SECRET", "k8s", "the default local-hook-secret is public: anyone could forge hook calls"),
     ("processor", ("thumbnail", "embed"), "EMBED_PROFILE", "all", "the default is a path in the source checkout"),
     ("processor", ("embed",), "MODEL_DIR", "all", "the default ~/.cache/photo-pipeline/models is not in the image"),
     ("processor", ("embed",), "ORT_DYLIB_PATH", "all", "the default is under MODEL_DIR; the embed image carries ONNX Runtime elsewhere"),

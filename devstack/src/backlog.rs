@@ -189,6 +189,7 @@ pub async fn produce(
                 } else {
                     vec![]
                 },
+                faces_omitted: 0,
                 failure: None,
                 uploaded_at_ms: now,
                 finished_at_ms: now,

@@ -1,4 +1,5 @@
-//! A stand-in for the DB-update hook ("Lambda 2"): records every call it receives, and can be
+//! A stand-in for the DB-update hook ("Lambda 2"): checks each call's signature as the real
+//! hook must (`schemas::hook::verify`, docs/hook.md), records every call it accepts, and can be
 //! told to fail for a while to exercise the processor's retries.
 
 use axum::extract::State;
@@ -17,10 +18,17 @@ pub struct HookCallRecord {
     pub body: serde_json::Value,
 }
 
+/// The secret the processor signs hook calls with by default (`DB_HOOK_SECRET`).
+pub const LOCAL_HOOK_SECRET: &str = "local-hook-secret";
+
 /// The running sink.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct HookSink {
+    /// Calls are refused (401) unless signed with this secret.
+    pub secret: Arc<str>,
     pub calls: Arc<Mutex<Vec<HookCallRecord>>>,
+    /// Calls refused for a missing, stale or wrong signature.
+    pub unauthorized: Arc<AtomicU64>,
     /// Answer 503 to this many calls before succeeding again.
     pub fail_next: Arc<AtomicU32>,
     /// Answer 503 to every call until this moment (an outage; see [`HookSink::fail_for`]).
@@ -29,7 +37,25 @@ pub struct HookSink {
     pub refused: Arc<AtomicU64>,
 }
 
+impl Default for HookSink {
+    fn default() -> Self {
+        Self::with_secret(LOCAL_HOOK_SECRET)
+    }
+}
+
 impl HookSink {
+    /// A sink accepting calls signed with `secret`.
+    pub fn with_secret(secret: &str) -> Self {
+        Self {
+            secret: secret.into(),
+            calls: Arc::default(),
+            unauthorized: Arc::default(),
+            fail_next: Arc::default(),
+            failing_until: Arc::default(),
+            refused: Arc::default(),
+        }
+    }
+
     /// Serve `POST /hook` (and `GET /hook/calls` listing calls) on `addr`; returns the address.
     pub async fn spawn(&self, addr: &str) -> anyhow::Result<SocketAddr> {
         let app = Router::new()
@@ -68,8 +94,31 @@ impl HookSink {
 async fn receive(
     State(sink): State<HookSink>,
     headers: HeaderMap,
-    Json(body): Json<serde_json::Value>,
+    raw: axum::body::Bytes,
 ) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if let Err(e) = schemas::hook::verify(
+        sink.secret.as_bytes(),
+        header(schemas::hook::TIMESTAMP_HEADER),
+        header(schemas::hook::SIGNATURE_HEADER),
+        &raw,
+        now,
+    ) {
+        tracing::warn!(?e, "DB hook call refused: bad signature");
+        sink.unauthorized.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::UNAUTHORIZED;
+    }
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+        return StatusCode::BAD_REQUEST;
+    };
     let failing = sink
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -58,6 +58,14 @@ enum Command {
             default_value = "local-webhook-secret"
         )]
         webhook_secret: String,
+        /// The secret the hook sink checks signatures with (the processor's `DB_HOOK_SECRET`).
+        #[arg(
+            long,
+            env = "DB_HOOK_SECRET",
+            default_value = devstack::hook_sink::LOCAL_HOOK_SECRET,
+            hide_env_values = true
+        )]
+        hook_secret: String,
         /// Only objects under this prefix are notified (B2's objectNamePrefix).
         #[arg(long, env = "B2_NOTIFY_PREFIX", default_value = "users/")]
         notify_prefix: String,
@@ -104,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             webhook_url,
             webhook_secret,
+            hook_secret,
             notify_prefix,
             s3,
         } => {
@@ -123,7 +132,9 @@ async fn main() -> anyhow::Result<()> {
                 notify: Some(notify),
             })
             .await?;
-            let hook = HookSink::default().spawn(&hook_addr).await?;
+            let hook = HookSink::with_secret(&hook_secret)
+                .spawn(&hook_addr)
+                .await?;
             println!("devstack up");
             println!("  kafka           {kafka}");
             println!(

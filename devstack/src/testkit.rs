@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const SECRET: &str = "test-webhook-secret";
+/// The DB-hook signing secret of test stacks (`DB_HOOK_SECRET`), which their hook sink checks.
+pub const HOOK_SECRET: &str = "test-hook-secret";
 pub const BUCKET: &str = "photos";
 pub const TOKEN_SECRET: &str = "test-token-secret";
 
@@ -153,7 +155,7 @@ impl Stack {
         })
         .await
         .unwrap();
-        let hook = HookSink::default();
+        let hook = HookSink::with_secret(HOOK_SECRET);
         let hook_addr = hook.spawn("127.0.0.1:0").await.unwrap();
         let mut stack = Self {
             processor_bin: processor_bin.into(),
@@ -178,6 +180,25 @@ impl Stack {
     }
 
     pub async fn start_processor(&mut self) {
+        let mut cmd = self.processor_command(self.processor_port);
+        self.processor = Some(cmd.spawn().expect("start processor binary"));
+        wait_ready(self.processor_port).await;
+    }
+
+    /// Another processor on these topics running only the upload stage (a second ingest
+    /// replica behind the same load balancer), on its own port; ready when this returns.
+    pub async fn spawn_ingest_replica(&self) -> IngestReplica {
+        let port = free_port();
+        let mut cmd = self.processor_command(port);
+        cmd.env("PROCESSOR_STAGES", "ingest");
+        let child = cmd.spawn().expect("start processor binary");
+        let replica = IngestReplica { child, port };
+        wait_ready(port).await;
+        replica
+    }
+
+    /// The processor's command line with this stack's settings, serving HTTP on `port`.
+    fn processor_command(&self, port: u16) -> Command {
         let mut cmd = Command::new(&self.processor_bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -185,10 +206,7 @@ impl Stack {
                 "RUST_LOG",
                 std::env::var("TEST_PROCESSOR_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .env(
-                "PROCESSOR_HTTP_ADDR",
-                format!("127.0.0.1:{}", self.processor_port),
-            )
+            .env("PROCESSOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("KAFKA_BROKERS", &self.brokers)
             .env("KAFKA_TOPIC_PARTITIONS", "3")
             .env("TOPIC_UPLOADED", &self.topics.uploaded)
@@ -206,21 +224,14 @@ impl Stack {
             .env("S3_SECRET_KEY", "testsecret")
             .env("B2_WEBHOOK_SECRET", SECRET)
             .env("DB_HOOK_URL", &self.hook_url)
+            .env("DB_HOOK_SECRET", HOOK_SECRET)
             .env("RETRY_BUDGET_SECS", "10")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
-        self.processor = Some(cmd.spawn().expect("start processor binary"));
-        let url = format!("http://127.0.0.1:{}/readyz", self.processor_port);
-        wait_for(Duration::from_secs(60), "processor ready", || async {
-            reqwest::get(&url)
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false)
-        })
-        .await;
+        cmd
     }
 
     /// Start status-api (binary at `bin`) against this stack's topics; waits until it has
@@ -501,6 +512,33 @@ pub fn signed_event(bucket: &str, key: &str, version: &str, event_id: &str) -> (
     let body = serde_json::to_vec(&body).unwrap();
     let sig = crate::b2::signature(SECRET.as_bytes(), &body);
     (body, sig)
+}
+
+/// A second ingest process ([`Stack::spawn_ingest_replica`]); killed when dropped, so that a
+/// failing test leaves no process behind.
+pub struct IngestReplica {
+    child: Child,
+    /// Its HTTP port (webhook, metrics).
+    pub port: u16,
+}
+
+impl Drop for IngestReplica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wait until the processor on `port` answers `/readyz`.
+async fn wait_ready(port: u16) {
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    wait_for(Duration::from_secs(60), "processor ready", || async {
+        reqwest::get(&url)
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+    })
+    .await;
 }
 
 /// Whether the external broker of `TEST_KAFKA_BROKERS` is Apache Kafka (`TEST_KAFKA_KIND=apache`,

@@ -121,8 +121,10 @@ pub struct Config {
     #[arg(long, env = "EMBED_HANDOFF", value_enum)]
     pub embed_handoff: Option<crate::handoff::HandoffMode>,
 
-    /// Memory for embed inputs waiting in process (`memory` hand-off); beyond it, derivatives.
-    #[arg(long, env = "EMBED_HANDOFF_MEMORY_MB", default_value_t = 512)]
+    /// Memory for embed inputs waiting in process (`memory` hand-off, ~3.7 MB a photo, so ~100
+    /// photos). When it is full (under load thumbnails run far ahead of the face work) the
+    /// thumbnail stage hands nothing over and the embed stage reads the original again.
+    #[arg(long, env = "EMBED_HANDOFF_MEMORY_MB", default_value_t = 384)]
     pub embed_handoff_memory_mb: usize,
 
     /// Where embed-input derivatives are written; `{user_id}` and `{file}` from the photo key.
@@ -182,6 +184,16 @@ pub struct Config {
     /// DB-update hook ("Lambda 2") called after each thumbnail; unset = no hook.
     #[arg(long, env = "DB_HOOK_URL")]
     pub db_hook_url: Option<String>,
+
+    /// Secret that signs every DB-hook request (HMAC-SHA256 over timestamp and body,
+    /// docs/hook.md); shared with the hook's owners.
+    #[arg(
+        long,
+        env = "DB_HOOK_SECRET",
+        default_value = "local-hook-secret",
+        hide_env_values = true
+    )]
+    pub db_hook_secret: String,
 
     /// How long transient S3 and hook errors are retried (with backoff) before a photo fails.
     #[arg(long, env = "RETRY_BUDGET_SECS", default_value_t = 60)]

@@ -11,10 +11,11 @@
 use crate::cpu_pool::{CpuPool, Lane};
 use crate::embed::{EmbedInput, FaceEmbedder};
 use crate::handoff::HandoffCache;
-use crate::hook::{DbHook, EmbeddingsHookCall};
-use crate::outcome::{Failed, Outcomes};
+use crate::hook::DbHook;
+use crate::outcome::Outcomes;
 use crate::stage_runner::{RunnerConfig, StageRunner, StageWork};
 use crate::storage::ObjectStore;
+use schemas::hook::EmbeddingsHook;
 use schemas::{
     EmbeddingDone, Face, Failure, FailureReason, PhotoUploaded, StageStatus, ThumbnailDone,
     SCHEMA_VERSION,
@@ -218,14 +219,15 @@ async fn embed_and_notify(work: &EmbedWork, ev: &ThumbnailDone) -> Result<Vec<Fa
     crate::settings::filter_faces(&mut faces);
     let t = Instant::now();
     work.hook
-        .notify_embeddings(&EmbeddingsHookCall {
-            event: "embeddings",
-            photo_id: &ev.photo_id,
-            user_id: &ev.user_id,
-            bucket: &ev.bucket,
-            original_key: &ev.source_key,
-            profile: &work.profile_name,
-            faces: &faces,
+        .notify_embeddings(&EmbeddingsHook {
+            schema_version: SCHEMA_VERSION,
+            event: "embeddings".into(),
+            photo_id: ev.photo_id.clone(),
+            user_id: ev.user_id.clone(),
+            bucket: ev.bucket.clone(),
+            original_key: ev.source_key.clone(),
+            profile: work.profile_name.clone(),
+            faces: faces.clone(),
         })
         .await?;
     metrics::histogram!("embed_step_seconds", "step" => "hook").record(t.elapsed().as_secs_f64());
@@ -246,40 +248,45 @@ async fn process(work: &EmbedWork, ev: ThumbnailDone) -> bool {
         Ok(faces) => (StageStatus::Ok, faces, None),
         Err(f) => (StageStatus::Failed, vec![], Some(f)),
     };
-    let done = EmbeddingDone {
+    let mut done = EmbeddingDone {
         schema_version: SCHEMA_VERSION,
         photo_id: ev.photo_id.clone(),
         user_id: ev.user_id.clone(),
         status,
         profile: work.profile_name.clone(),
         faces,
+        faces_omitted: 0,
         failure: failure.clone(),
         uploaded_at_ms: ev.uploaded_at_ms,
         finished_at_ms: schemas::now_ms(),
     };
+    // The hook has every face; the event keeps what fits in a Kafka message.
+    done.fit_faces(schemas::MAX_EVENT_BYTES);
+    if done.faces_omitted > 0 {
+        tracing::info!(photo_id = %ev.photo_id, kept = done.faces.len(), omitted = done.faces_omitted, "crowd photo: the event carries the largest faces");
+        metrics::counter!("faces_omitted_total").increment(u64::from(done.faces_omitted));
+    }
     // Re-driving goes through the whole pipeline again, from the upload event.
-    let failed = failure.map(|failure| Failed {
-        failure,
-        original: PhotoUploaded {
-            schema_version: SCHEMA_VERSION,
-            photo_id: ev.photo_id.clone(),
-            user_id: ev.user_id.clone(),
-            bucket: ev.bucket.clone(),
-            key: ev.source_key.clone(),
-            version_id: String::new(),
-            size_bytes: 0,
-            event_id: String::new(),
-            uploaded_at_ms: ev.uploaded_at_ms,
-            received_at_ms: ev.uploaded_at_ms,
-        },
-    });
+    let original = PhotoUploaded {
+        schema_version: SCHEMA_VERSION,
+        photo_id: ev.photo_id.clone(),
+        user_id: ev.user_id.clone(),
+        bucket: ev.bucket.clone(),
+        key: ev.source_key.clone(),
+        version_id: String::new(),
+        size_bytes: 0,
+        event_id: String::new(),
+        uploaded_at_ms: ev.uploaded_at_ms,
+        received_at_ms: ev.uploaded_at_ms,
+    };
     if !work
         .outcomes
         .deliver(
             &ev.user_id,
             &ev.photo_id,
             &done,
-            failed,
+            &original,
+            failure,
             done.finished_at_ms,
         )
         .await
@@ -293,7 +300,8 @@ async fn process(work: &EmbedWork, ev: ThumbnailDone) -> bool {
             tracing::warn!(%key, detail = %f.detail, "could not delete the embed input derivative");
         }
     }
-    metrics::histogram!("faces_per_photo").record(done.faces.len() as f64);
+    metrics::histogram!("faces_per_photo")
+        .record((done.faces.len() + done.faces_omitted as usize) as f64);
     metrics::histogram!("embed_photo_seconds").record(started.elapsed().as_secs_f64());
     true
 }

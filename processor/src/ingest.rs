@@ -13,12 +13,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::message::Message;
+use rdkafka::Offset;
 use schemas::{PhotoUploaded, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
-use service_kit::kafka::EventProducer;
+use service_kit::kafka::{assign_when_ready, next_record, EventProducer, KafkaArgs};
 use sha2::Sha256;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
 
 /// Header carrying B2's signature.
 pub const SIGNATURE_HEADER: &str = "x-bz-event-notification-signature";
@@ -138,8 +142,10 @@ pub struct UploadStage {
     pub photo_keys: KeyPattern,
     pub producer: EventProducer,
     pub topic: String,
-    /// Recently enqueued B2 event ids: a redelivered webhook is acknowledged, not re-enqueued.
-    /// (Downstream stages also deduplicate by photo id, which survives restarts.)
+    /// Recently enqueued B2 event ids, by this replica and (read back from the topic by
+    /// [`follow_uploaded`]) every other: a redelivered webhook is acknowledged, not
+    /// re-enqueued, whichever replica it reaches. (Downstream stages also deduplicate by photo
+    /// id, which covers a redelivery that arrives before the first is read back.)
     seen: Mutex<lru::LruCache<String, ()>>,
 }
 
@@ -169,6 +175,61 @@ impl UploadStage {
     fn remember(&self, event_id: String) {
         self.seen.lock().expect("lock").put(event_id, ());
     }
+}
+
+/// Records per partition of the uploaded topic read back at start, so that a replica that
+/// just started still knows the events enqueued shortly before.
+const DEDUP_LOOKBACK: i64 = 10_000;
+
+/// Read the uploaded topic as every ingest replica writes it, remembering each event id, until
+/// `shutdown`: B2 retries a notification it got no answer for, and behind a load balancer the
+/// retry may reach another replica. Restarts the consumer after an error.
+pub async fn follow_uploaded(
+    stage: Arc<UploadStage>,
+    kafka: KafkaArgs,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        match follow_once(&stage, &kafka, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(%e, topic = %stage.topic, "cannot read the uploaded topic back for de-duplication; retrying in 5 s");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn follow_once(
+    stage: &UploadStage,
+    kafka: &KafkaArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    // Assigned, not subscribed: every replica reads every partition, and nothing is committed.
+    let consumer: StreamConsumer = kafka
+        .client_config_with(&[
+            ("group.id", "photo-pipeline-ingest-dedup"),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "false"),
+        ])?
+        .create()?;
+    let tail = |_: &str, _: i32| Offset::OffsetTail(DEDUP_LOOKBACK);
+    if assign_when_ready(&consumer, &[&stage.topic], tail, shutdown)
+        .await?
+        .is_none()
+    {
+        return Ok(());
+    }
+    while let Some(m) = next_record(&consumer, "uploaded topic (de-duplication)", shutdown).await {
+        if let Some(Ok(p)) = m.payload().map(serde_json::from_slice::<PhotoUploaded>) {
+            stage.remember(p.event_id);
+            metrics::counter!("webhook_events_read_back_total").increment(1);
+        }
+    }
+    Ok(())
 }
 
 /// Turn one object-created event into a `PhotoUploaded`, or say why not.

@@ -56,6 +56,11 @@ pub async fn run(
             producer.clone(),
             cfg.topic_uploaded.clone(),
         ));
+        tokio::spawn(ingest::follow_uploaded(
+            stage.clone(),
+            kafka.clone(),
+            shutdown.clone(),
+        ));
         app = app.merge(
             Router::new()
                 .route("/v1/b2/events", post(ingest::b2_events))
@@ -163,7 +168,7 @@ pub async fn run(
             &kafka,
             producer.clone(),
             ObjectStore::new(&storage, retry, cfg.max_object_bytes),
-            DbHook::new(cfg.db_hook_url.clone(), retry),
+            DbHook::new(cfg.db_hook_url.clone(), &cfg.db_hook_secret, retry),
             handoff_cache.clone(),
             pool.clone(),
         )?;
@@ -200,7 +205,7 @@ pub async fn run(
             &kafka,
             producer.clone(),
             ObjectStore::new(&storage, retry, cfg.max_object_bytes),
-            DbHook::new(cfg.db_hook_url.clone(), retry),
+            DbHook::new(cfg.db_hook_url.clone(), &cfg.db_hook_secret, retry),
             handoff_cache,
             pool.clone(),
         )?;

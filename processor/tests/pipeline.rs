@@ -105,6 +105,30 @@ async fn uploads_become_thumbnails_with_events() {
         assert_matches_schema(schemas::json_schema::PHOTO_UPLOADED, e);
     }
     assert_eq!(stack.hook.distinct_keys(), cases.len());
+    // Each hook call was signed (the sink refuses others) and keeps the contract: the schema,
+    // and the original's own size and media type.
+    assert_eq!(
+        stack
+            .hook
+            .unauthorized
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    for call in stack.hook.calls.lock().unwrap().iter() {
+        assert_matches_schema(schemas::json_schema::HOOK_THUMBNAIL, &call.body);
+        let up = uploaded
+            .iter()
+            .find(|u| u["photo_id"] == call.body["photo_id"])
+            .unwrap();
+        let name = up["key"].as_str().unwrap().rsplit('/').next().unwrap();
+        assert_eq!(
+            call.body["original_size_bytes"].as_u64().unwrap(),
+            photo(name).len() as u64,
+            "{name}"
+        );
+        let ext = name.rsplit('.').next().unwrap().replace("jpg", "jpeg");
+        assert_eq!(call.body["original_content_type"], format!("image/{ext}"));
+    }
     // Prometheus exposition carries the stage metrics.
     let metrics = reqwest::get(stack.metrics_url())
         .await
@@ -563,6 +587,7 @@ async fn photos_with_faces_get_embeddings(handoff: &str) {
             .find(|c| c.idempotency_key.as_deref() == Some(&format!("{photo_id}:embeddings")))
             .unwrap_or_else(|| panic!("{name}: no embeddings hook call"));
         assert_eq!(call.body["event"], "embeddings");
+        assert_matches_schema(schemas::json_schema::HOOK_EMBEDDINGS, &call.body);
         assert_eq!(call.body["faces"].as_array().unwrap().len(), faces);
     }
 }
@@ -575,4 +600,227 @@ async fn embeddings_with_in_memory_handoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embeddings_with_derivative_handoff() {
     photos_with_faces_get_embeddings("derivative").await;
+}
+
+/// A stack running every stage with the arcface112 profile, plus `extra` settings.
+async fn embed_stack(extra: Vec<(&str, &str)>) -> Stack {
+    let models = processor::embed::default_model_dir().display().to_string();
+    let profile = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap())
+        .join("profiles/arcface112.json")
+        .display()
+        .to_string();
+    let mut env = vec![
+        ("PROCESSOR_STAGES", "ingest,thumbnail,embed"),
+        ("MODEL_DIR", models.as_str()),
+        ("EMBED_PROFILE", profile.as_str()),
+    ];
+    env.extend(extra);
+    stack_with(env).await
+}
+
+/// A test photo of the face models (scripts/fetch-models).
+fn model_test_photo(name: &str) -> Vec<u8> {
+    let path = processor::embed::default_model_dir()
+        .join("test_images")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e} (run scripts/fetch-models)"))
+}
+
+/// A class photo: 15 × 15 copies of the face in obama.jpg, 76 px each on a grey grid.
+fn crowd_photo() -> Vec<u8> {
+    let face = image::load_from_memory(&model_test_photo("obama.jpg"))
+        .unwrap()
+        .to_rgb8();
+    let face = image::imageops::crop_imm(&face, 293, 23, 400, 400).to_image();
+    let face = image::imageops::resize(&face, 76, 76, image::imageops::FilterType::Lanczos3);
+    let mut mosaic = image::RgbImage::from_pixel(15 * 85, 15 * 85, image::Rgb([128, 128, 128]));
+    for i in 0..15 {
+        for j in 0..15 {
+            image::imageops::replace(&mut mosaic, &face, i * 85 + 4, j * 85 + 4);
+        }
+    }
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&mosaic)
+        .unwrap();
+    jpeg
+}
+
+/// A crowd photo's embeddings (~7 KB of JSON a face) would exceed Kafka's 1 MB message limit;
+/// its event keeps the largest faces within `MAX_EVENT_BYTES` and counts the rest, while the
+/// DB hook gets every face.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_photo_fits_in_one_event() {
+    let stack = embed_stack(vec![]).await;
+    stack
+        .upload("users/u9/photos/class.jpg", crowd_photo())
+        .await;
+    let done = stack
+        .wait_for_photos(&stack.topics.embedded, 1, Duration::from_secs(600))
+        .await;
+    let e = &done[0];
+    assert_matches_schema(schemas::json_schema::EMBEDDING_DONE, e);
+    assert_eq!(e["status"], "ok", "{}", e["failure"]);
+    let kept = e["faces"].as_array().unwrap().len();
+    let omitted = e["faces_omitted"].as_u64().unwrap_or(0) as usize;
+    assert!(kept + omitted >= 200, "{kept} + {omitted} faces");
+    assert!(omitted > 0 && kept > 40, "kept {kept}, omitted {omitted}");
+    let bytes = serde_json::to_vec(e).unwrap().len();
+    assert!(bytes <= schemas::MAX_EVENT_BYTES, "{bytes} bytes");
+    let calls = stack.hook.calls.lock().unwrap().clone();
+    let call = calls
+        .iter()
+        .find(|c| c.body["event"] == "embeddings")
+        .expect("embeddings hook call");
+    assert_eq!(call.body["faces"].as_array().unwrap().len(), kept + omitted);
+}
+
+/// An event Kafka refuses for good (here: larger than the producer's `message.max.bytes`, as a
+/// topic's own limit would) fails its photo into the DLQ as `output_rejected` instead of being
+/// retried forever, which would stall the partition; the next photo goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_kafka_refuses_fails_the_photo_into_the_dlq() {
+    // A face's embedding alone is ~7 KB of JSON; thumbnail events and dead letters are < 2 KB.
+    let stack = embed_stack(vec![("KAFKA_OPTIONS", "message.max.bytes=4000")]).await;
+    stack
+        .upload("users/u9/photos/obama.jpg", model_test_photo("obama.jpg"))
+        .await;
+    stack
+        .upload("users/u9/photos/dune.jpg", photo("S_dune_1680x1050.jpg"))
+        .await;
+    let done = stack
+        .wait_for_photos(&stack.topics.embedded, 2, TIMEOUT)
+        .await;
+    let uploaded = stack.read_topic(&stack.topics.uploaded);
+    let id = |name: &str| {
+        uploaded
+            .iter()
+            .find(|e| e["key"] == format!("users/u9/photos/{name}"))
+            .unwrap()["photo_id"]
+            .clone()
+    };
+    let event = |name: &str| done.iter().find(|e| e["photo_id"] == id(name)).unwrap();
+    let refused = event("obama.jpg");
+    assert_matches_schema(schemas::json_schema::EMBEDDING_DONE, refused);
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert_eq!(refused["failure"]["reason"], "output_rejected");
+    let detail = refused["failure"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("photos") || detail.contains("bytes"),
+        "{detail}"
+    );
+    assert_eq!(event("dune.jpg")["status"], "ok");
+    let dlq = stack.read_topic(&stack.topics.dlq);
+    let dead = dlq
+        .iter()
+        .find(|d| d["photo_id"] == id("obama.jpg"))
+        .expect("a dead letter for the refused photo");
+    assert_matches_schema(schemas::json_schema::DEAD_LETTER, dead);
+    assert_eq!(
+        (&dead["stage"], &dead["failure"]["reason"]),
+        (&"embed".into(), &"output_rejected".into())
+    );
+    assert_eq!(
+        counter(
+            &stack,
+            "photos_failed_total{stage=\"embed\",reason=\"output_rejected\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+/// A hook call signed with another secret is refused by the hook (401), which the processor
+/// takes as permanent: the photo fails as `hook_error`, at once and with a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_call_signed_with_the_wrong_secret_is_refused() {
+    let stack = stack_with(vec![("DB_HOOK_SECRET", "not-the-hooks-secret")]).await;
+    stack
+        .upload("users/u7/photos/dune.jpg", photo("S_dune_1680x1050.jpg"))
+        .await;
+    let done = stack
+        .wait_for_photos(&stack.topics.thumbnailed, 1, TIMEOUT)
+        .await;
+    assert_eq!(done[0]["status"], "failed", "{}", done[0]);
+    assert_eq!(done[0]["failure"]["reason"], "hook_error");
+    assert!(
+        done[0]["failure"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("401"),
+        "{}",
+        done[0]["failure"]
+    );
+    assert!(
+        stack
+            .hook
+            .unauthorized
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
+    assert!(stack.hook.calls.lock().unwrap().is_empty());
+    assert_eq!(stack.read_topic(&stack.topics.dlq).len(), 1);
+}
+
+/// B2 retries a notification it got no answer for, and behind the load balancer the retry may
+/// reach another ingest replica: that replica knows the event from the topic itself and
+/// acknowledges it without enqueuing it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_to_another_ingest_replica_is_recognised() {
+    let stack = stack().await;
+    let replica = stack.spawn_ingest_replica().await;
+    let replica_port = replica.port;
+    let key = "users/u3/photos/retried.jpg";
+    stack
+        .s3_client()
+        .put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(photo("S_dune_1680x1050.jpg").into())
+        .send()
+        .await
+        .unwrap();
+    let (body, sig) = signed_event(BUCKET, key, "ver-r1", "evt-replica-1");
+    let deliver = |url: String| {
+        let (body, sig) = (body.clone(), sig.clone());
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("x-bz-event-notification-signature", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let first = deliver(stack.webhook_url()).await;
+    assert_eq!(first["accepted"], 1, "{first}");
+    // B2's retry comes seconds later, at the other replica, which has read the event back by
+    // then.
+    let replica_metrics = format!("http://127.0.0.1:{replica_port}/metrics");
+    wait_for(TIMEOUT, "the replica read the event back", || async {
+        let text = reqwest::get(&replica_metrics)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .any(|l| l.starts_with("webhook_events_read_back_total ") && !l.ends_with(" 0"))
+    })
+    .await;
+    let again = deliver(format!("http://127.0.0.1:{replica_port}/v1/b2/events")).await;
+    assert_eq!(
+        again["duplicates"], 1,
+        "the replica enqueued it again: {again}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ours = stack
+        .read_topic(&stack.topics.uploaded)
+        .into_iter()
+        .filter(|e| e["event_id"] == "evt-replica-1")
+        .count();
+    assert_eq!(ours, 1, "one PhotoUploaded for the event");
 }

@@ -219,6 +219,7 @@ impl Pipeline {
             ("S3_ACCESS_KEY", "test"),
             ("S3_SECRET_KEY", "testsecret"),
             ("DB_HOOK_URL", &stack.hook_url),
+            ("DB_HOOK_SECRET", devstack::testkit::HOOK_SECRET),
             ("RETRY_BUDGET_SECS", "60"),
             ("MAX_IN_FLIGHT", "8"),
             ("CPU_WORKERS", "1"),

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod heartbeat;
+pub mod hook;
 pub mod settings;
 use sha2::{Digest, Sha256};
 
@@ -103,6 +104,9 @@ pub enum FailureReason {
     HookError,
     /// Face detection or embedding failed.
     ModelError,
+    /// Kafka refused the stage's result event for good (larger than the topic accepts, or
+    /// this service is not authorised to write it); retrying could not help.
+    OutputRejected,
     /// A bug or an unexpected condition; the detail says which.
     Internal,
 }
@@ -121,6 +125,7 @@ impl FailureReason {
             Self::StorageError => "storage_error",
             Self::HookError => "hook_error",
             Self::ModelError => "model_error",
+            Self::OutputRejected => "output_rejected",
             Self::Internal => "internal",
         }
     }
@@ -234,12 +239,62 @@ pub struct EmbeddingDone {
     pub status: StageStatus,
     /// Model profile that produced the embeddings (e.g. `arcface112`).
     pub profile: String,
+    /// The photo's faces, largest first, as many as fit in [`MAX_EVENT_BYTES`]
+    /// ([`EmbeddingDone::fit_faces`]); the DB-update hook gets all of them.
     #[serde(default)]
     pub faces: Vec<Face>,
+    /// Faces found but left out of `faces` to keep the event within [`MAX_EVENT_BYTES`] (a crowd
+    /// photo); 0 for nearly every photo.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub faces_omitted: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
     pub uploaded_at_ms: i64,
     pub finished_at_ms: i64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The most bytes of JSON a stage event may take: half of Kafka's default message limit
+/// (`message.max.bytes`, 1 MB), so that the worst photo fits with room for the record's
+/// overhead and a topic that keeps the default.
+pub const MAX_EVENT_BYTES: usize = 512 * 1024;
+
+impl EmbeddingDone {
+    /// Keep the faces within `max_bytes` of JSON together with the rest of the event: all of
+    /// them (in detection order) when they fit, else the largest that fit, largest first, the
+    /// others counted in `faces_omitted`. A 512-d embedding is ~6–7 KB of JSON, so a photo of
+    /// ~75 faces or more (a crowd, a class photo) would otherwise exceed what Kafka accepts.
+    pub fn fit_faces(&mut self, max_bytes: usize) {
+        if json_len(self) <= max_bytes {
+            return;
+        }
+        let mut faces = std::mem::take(&mut self.faces);
+        let found = faces.len() + self.faces_omitted as usize;
+        // Room for the other fields, with a faces_omitted count of any size.
+        self.faces_omitted = u32::MAX;
+        let mut used = json_len(self);
+        faces.sort_by(|a, b| {
+            let area = |f: &Face| f.bbox[2] * f.bbox[3];
+            area(b).total_cmp(&area(a))
+        });
+        for face in faces {
+            let len = json_len(&face) + 1; // and a comma
+            if used + len > max_bytes {
+                break;
+            }
+            used += len;
+            self.faces.push(face);
+        }
+        self.faces_omitted = u32::try_from(found - self.faces.len()).unwrap_or(u32::MAX);
+    }
+}
+
+/// Length of `v` as JSON.
+fn json_len<T: Serialize>(v: &T) -> usize {
+    serde_json::to_vec(v).map_or(usize::MAX, |v| v.len())
 }
 
 /// A photo that failed a stage, topic `photos.dlq`; `scripts/replay` can re-drive it.
@@ -260,6 +315,66 @@ pub struct DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn face(side: f32) -> Face {
+        Face {
+            bbox: [0.0, 0.0, side, side],
+            score: 0.99,
+            landmarks: vec![[1.5, 2.5]; 5],
+            embedding: (0..512).map(|i| (i as f32 * 0.7).sin() / 22.6).collect(),
+        }
+    }
+
+    fn embedding_done(faces: Vec<Face>) -> EmbeddingDone {
+        EmbeddingDone {
+            schema_version: SCHEMA_VERSION,
+            photo_id: "0".repeat(32),
+            user_id: "u1".into(),
+            status: StageStatus::Ok,
+            profile: "arcface112".into(),
+            faces,
+            faces_omitted: 0,
+            failure: None,
+            uploaded_at_ms: 1,
+            finished_at_ms: 2,
+        }
+    }
+
+    #[test]
+    fn a_crowd_photo_keeps_its_largest_faces_within_the_limit() {
+        let faces: Vec<Face> = (0..250).map(|i| face(20.0 + i as f32)).collect();
+        let mut done = embedding_done(faces);
+        assert!(
+            serde_json::to_vec(&done).unwrap().len() > 1_000_000,
+            "the test needs a crowd"
+        );
+        done.fit_faces(MAX_EVENT_BYTES);
+        let json = serde_json::to_vec(&done).unwrap();
+        assert!(json.len() <= MAX_EVENT_BYTES, "{} bytes", json.len());
+        assert!(
+            done.faces.len() > 40,
+            "only {} faces kept",
+            done.faces.len()
+        );
+        assert_eq!(done.faces.len() + done.faces_omitted as usize, 250);
+        // The largest, largest first.
+        let sides: Vec<f32> = done.faces.iter().map(|f| f.bbox[2]).collect();
+        assert_eq!(sides[0], 269.0);
+        assert!(sides.windows(2).all(|w| w[0] > w[1]));
+        assert_eq!(*sides.last().unwrap(), 270.0 - done.faces.len() as f32);
+        let back: EmbeddingDone = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.faces_omitted, done.faces_omitted);
+    }
+
+    #[test]
+    fn a_photo_whose_faces_fit_is_left_as_it_is() {
+        let faces = vec![face(30.0), face(90.0), face(60.0)];
+        let mut done = embedding_done(faces.clone());
+        done.fit_faces(MAX_EVENT_BYTES);
+        assert_eq!((done.faces, done.faces_omitted), (faces, 0));
+        let json = serde_json::to_string(&embedding_done(vec![])).unwrap();
+        assert!(!json.contains("faces_omitted"), "{json}");
+    }
 
     #[test]
     fn photo_id_is_deterministic_and_separates_fields() {
@@ -293,6 +408,8 @@ pub mod json_schema {
     pub const DEAD_LETTER: &str = include_str!("../json/dead_letter.schema.json");
     pub const SETTINGS_CHANGE: &str = include_str!("../json/settings_change.schema.json");
     pub const HEARTBEAT: &str = include_str!("../json/heartbeat.schema.json");
+    pub const HOOK_THUMBNAIL: &str = include_str!("../json/hook_thumbnail.schema.json");
+    pub const HOOK_EMBEDDINGS: &str = include_str!("../json/hook_embeddings.schema.json");
 
     /// The schema document for a topic's events, if the topic is one of ours (default names).
     pub fn for_topic(topic: &str) -> Option<&'static str> {

@@ -96,6 +96,7 @@ fn all_event_shapes_validate() {
             landmarks: vec![[1.0, 2.0]; 5],
             embedding: vec![0.1; 512],
         }],
+        faces_omitted: 0,
         failure: None,
         uploaded_at_ms: 1,
         finished_at_ms: 2,
@@ -189,4 +190,61 @@ fn serde_round_trips_and_refuses_unknown_fields() {
     let mut v: Value = serde_json::from_str(&s).unwrap();
     v["surprise"] = json!(true);
     assert!(serde_json::from_value::<PhotoUploaded>(v).is_err());
+}
+
+fn thumbnail_hook() -> hook::ThumbnailHook {
+    let u = uploaded();
+    hook::ThumbnailHook {
+        schema_version: SCHEMA_VERSION,
+        event: "thumbnail".into(),
+        photo_id: u.photo_id,
+        user_id: u.user_id,
+        bucket: u.bucket,
+        original_key: u.key,
+        original_size_bytes: 2_345_678,
+        original_content_type: "image/heic".into(),
+        thumbnail_key: "users/u1/thumbs/a.jpg.jpg".into(),
+        content_type: "image/jpeg".into(),
+        width: 400,
+        height: 300,
+        size_bytes: 23_456,
+        source_width: 4032,
+        source_height: 3024,
+    }
+}
+
+#[test]
+fn hook_bodies_match_their_schemas() {
+    assert_valid(json_schema::HOOK_THUMBNAIL, &thumbnail_hook());
+    let emb = hook::EmbeddingsHook {
+        schema_version: SCHEMA_VERSION,
+        event: "embeddings".into(),
+        photo_id: uploaded().photo_id,
+        user_id: "u1".into(),
+        bucket: "photos".into(),
+        original_key: "users/u1/photos/a.jpg".into(),
+        profile: "arcface112".into(),
+        faces: vec![Face {
+            bbox: [1.0, 2.0, 30.0, 40.0],
+            score: 0.99,
+            landmarks: vec![[1.0, 2.0]; 5],
+            embedding: vec![0.1; 512],
+        }],
+    };
+    assert_valid(json_schema::HOOK_EMBEDDINGS, &emb);
+    assert_valid(
+        json_schema::HOOK_EMBEDDINGS,
+        &hook::EmbeddingsHook {
+            faces: vec![],
+            ..emb
+        },
+    );
+    // The contract's breaks are refused: no original size, the wrong event name.
+    let v = validator(json_schema::HOOK_THUMBNAIL);
+    let mut bad = serde_json::to_value(thumbnail_hook()).unwrap();
+    bad.as_object_mut().unwrap().remove("original_size_bytes");
+    assert!(!v.is_valid(&bad));
+    let mut bad = serde_json::to_value(thumbnail_hook()).unwrap();
+    bad["event"] = json!("embeddings");
+    assert!(!v.is_valid(&bad));
 }

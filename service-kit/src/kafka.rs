@@ -224,6 +224,34 @@ impl ClientContext for LagStatistics {
 
 impl ConsumerContext for LagStatistics {}
 
+/// Why [`EventProducer::send_until_delivered`] did not deliver an event.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// Kafka refused the event for good; sending it again cannot succeed.
+    #[error("Kafka refused the {topic} event for good: {reason}")]
+    Rejected { topic: String, reason: String },
+    /// Shutdown's grace period ended before the event was delivered.
+    #[error("shutdown before the {topic} event was delivered")]
+    Abandoned { topic: String },
+}
+
+/// Whether a produce error is permanent for this event: it is too large for the client or the
+/// topic, or this client may not write the topic. Everything else (a broker away, a leader
+/// election, a timeout) is worth retrying.
+pub fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::KafkaError;
+    matches!(
+        e,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+        )
+    )
+}
+
 /// An idempotent, acks=all producer of JSON events.
 #[derive(Clone)]
 pub struct EventProducer {
@@ -259,25 +287,40 @@ impl EventProducer {
     }
 
     /// Send, retrying with backoff until it succeeds: for stage outputs that must not be lost.
-    /// Gives up only when `give_up` is cancelled (shutdown past its grace period).
+    /// Gives up when `give_up` is cancelled (shutdown past its grace period), or at once when
+    /// Kafka refuses the event for good ([`is_permanent`]: too large, not authorised), since
+    /// retrying forever would stall the partition behind it.
     pub async fn send_until_delivered<T: Serialize>(
         &self,
         topic: &str,
         key: &str,
         event: &T,
         give_up: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), DeliveryError> {
+        let payload = serde_json::to_vec(event).map_err(|e| DeliveryError::Rejected {
+            topic: topic.to_string(),
+            reason: format!("not serialisable: {e}"),
+        })?;
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.send(topic, key, event).await {
+            let record = FutureRecord::to(topic).key(key).payload(&payload);
+            match self.inner.send(record, Duration::from_secs(30)).await {
                 Ok(_) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(%e, "event not delivered yet; retrying");
+                Err((e, _)) if is_permanent(&e) => {
+                    metrics::counter!("events_rejected_total", "topic" => topic.to_string())
+                        .increment(1);
+                    return Err(DeliveryError::Rejected {
+                        topic: topic.to_string(),
+                        reason: format!("{e} ({} bytes)", payload.len()),
+                    });
+                }
+                Err((e, _)) => {
+                    tracing::warn!(%e, topic, "event not delivered yet; retrying");
                     metrics::counter!("retries_total", "op" => "kafka_produce").increment(1);
                 }
             }
             tokio::select! {
-                _ = give_up.cancelled() => anyhow::bail!("shutdown before {topic} event was delivered"),
+                _ = give_up.cancelled() => return Err(DeliveryError::Abandoned { topic: topic.to_string() }),
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(5));
@@ -293,6 +336,31 @@ impl EventProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_large_and_unauthorised_are_permanent_the_rest_is_retried() {
+        use rdkafka::error::KafkaError;
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(
+                is_permanent(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::QueueFull,
+        ] {
+            assert!(
+                !is_permanent(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
+        }
+    }
 
     #[test]
     fn operator_options_win_over_defaults() {

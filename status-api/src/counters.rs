@@ -215,7 +215,7 @@ impl UserCounters {
     pub fn apply_embedding(&mut self, e: &EmbeddingDone) -> bool {
         let before = self.seq;
         if self.stage_outcome(&e.photo_id, e.status, Stage::Embedding, e.finished_at_ms) {
-            self.batch.faces += e.faces.len() as u64;
+            self.batch.faces += e.faces.len() as u64 + u64::from(e.faces_omitted);
         }
         self.seq != before
     }
@@ -325,6 +325,7 @@ mod tests {
                 };
                 faces
             ],
+            faces_omitted: 0,
             failure: None,
             uploaded_at_ms: at,
             finished_at_ms: at,

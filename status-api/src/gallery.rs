@@ -237,6 +237,7 @@ mod tests {
                 landmarks: vec![],
                 embedding: vec![],
             }],
+            faces_omitted: 0,
             failure: None,
             uploaded_at_ms: 1,
             finished_at_ms: 3,

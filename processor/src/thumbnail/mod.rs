@@ -11,12 +11,13 @@ pub mod render;
 use crate::cpu_pool::{CpuPool, Lane};
 use crate::embed::EmbedInput;
 use crate::handoff::{HandoffCache, HandoffMode};
-use crate::hook::{DbHook, HookCall};
+use crate::hook::DbHook;
 use crate::keys::KeyPattern;
-use crate::outcome::{Failed, Outcomes};
+use crate::outcome::Outcomes;
 use crate::stage_runner::{RunnerConfig, StageRunner, StageWork};
 use crate::storage::ObjectStore;
 use render::{RenderOptions, Renderer};
+use schemas::hook::ThumbnailHook;
 use schemas::{
     EmbedInputRef, Failure, FailureReason, PhotoUploaded, StageStatus, Thumbnail, ThumbnailDone,
     ThumbnailTimings, SCHEMA_VERSION,
@@ -106,6 +107,10 @@ impl StageWork for ThumbnailWork {
         self.outcomes.abandon();
     }
 
+    fn backlog(&self, waiting: usize) {
+        self.pool.set_backlog(Lane::Thumbnail, waiting);
+    }
+
     fn flush(&self) {
         self.outcomes.flush();
     }
@@ -171,6 +176,7 @@ async fn make_thumbnail(
 
     let t = Instant::now();
     let original = shared.store.get(&ev.bucket, &ev.key).await?;
+    let original_size = original.len() as u64;
     observe("download", t.elapsed());
     timings.download_ms = t.elapsed().as_secs_f64() * 1e3;
 
@@ -223,13 +229,18 @@ async fn make_thumbnail(
     let t = Instant::now();
     shared
         .hook
-        .notify(&HookCall {
-            photo_id: &ev.photo_id,
-            user_id: &ev.user_id,
-            bucket: &ev.bucket,
-            original_key: &ev.key,
-            thumbnail_key: &thumbnail.key,
-            content_type: &thumbnail.content_type,
+        .notify(&ThumbnailHook {
+            schema_version: SCHEMA_VERSION,
+            event: "thumbnail".into(),
+            photo_id: ev.photo_id.clone(),
+            user_id: ev.user_id.clone(),
+            bucket: ev.bucket.clone(),
+            original_key: ev.key.clone(),
+            original_size_bytes: original_size,
+            // Every format name is its media subtype (jpeg, png, webp, heic, avif, ...).
+            original_content_type: format!("image/{}", rendered.source.format),
+            thumbnail_key: thumbnail.key.clone(),
+            content_type: thumbnail.content_type.clone(),
             width: thumbnail.width,
             height: thumbnail.height,
             size_bytes: thumbnail.size_bytes,
@@ -333,17 +344,14 @@ async fn process(shared: &ThumbnailWork, ev: PhotoUploaded) -> bool {
         uploaded_at_ms: ev.uploaded_at_ms,
         finished_at_ms: schemas::now_ms(),
     };
-    let failed = failure.map(|failure| Failed {
-        failure,
-        original: ev.clone(),
-    });
     if !shared
         .outcomes
         .deliver(
             &ev.user_id,
             &ev.photo_id,
             &done,
-            failed,
+            &ev,
+            failure,
             done.finished_at_ms,
         )
         .await
