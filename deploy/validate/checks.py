@@ -35,6 +35,8 @@ with any detail lines indented below, and exits 0 or 1.
       volume. Every setting with no default or a local-only default (loopback, `local...`, a path
       into the checkout) is classified REQUIRED or OPTIONAL, and neither list names a setting
       the code does not read. A variant without an embed stage writes no hand-off derivatives.
+      Every variable an init container's command line expands (the embed pod's model copy:
+      MODEL_SOURCE, MODEL_DIR, S3_*) is set in its environment.
   checks.py podmonitors LABEL MONITORING.yaml RENDERED.yaml...
       in each rendered overlay, every PodMonitor selects some Deployment's pods, on a named
       port those pods have; every Deployment is scraped by exactly one PodMonitor; every `job`
@@ -731,9 +733,10 @@ def k8s_workloads(docs, templates_path, docker_env):
     for name, dep in sorted(by_kind.get("Deployment", {}).items()):
         pod = dep["spec"]["template"]["spec"]
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
-        for c in pod["containers"]:
+        for c in pod.get("initContainers", []) + pod["containers"]:
             target = image_target(c.get("image", ""))
-            if target not in IMAGE_SERVICE:
+            init = c in pod.get("initContainers", [])
+            if target not in IMAGE_SERVICE and not init:
                 continue
             env = {k: (v, f"image {target} (Dockerfile ENV)") for k, v in docker_env.get(target, {}).items()}
             notes = []
@@ -773,6 +776,14 @@ def k8s_workloads(docs, templates_path, docker_env):
                     if "subPath" in m:
                         files = [""] if m["subPath"] in files else []
                 mounts.append((m["mountPath"], files, f"volume {m['name']}"))
+            if init:
+                # An init container of another image (the embed pod's model copy): every variable
+                # its command line expands must be set, or it copies from the wrong place.
+                script = " ".join(str(a) for a in c.get("command", []) + c.get("args", []))
+                needs = sorted(set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", script)))
+                out.append({"where": f"Deployment/{name} init container {c['name']}", "target": "init",
+                            "env": env, "needs": needs, "notes": notes})
+                continue
             out.append({"where": f"Deployment/{name} container {c['name']}", "target": target,
                         "env": env, "mounts": mounts, "notes": notes, "profiles": [], "entrypoint": ""})
     return out
@@ -877,6 +888,13 @@ def cmd_settings(label, kind, variant_file, dockerfile, templates, *src_files):
         errors.append(f"{variant_file}: no container runs a photo-pipeline image")
 
     variant = label.split(" ")[0]
+    inits = [w for w in workloads if w["target"] == "init"]
+    workloads = [w for w in workloads if w["target"] != "init"]
+    for w in inits:
+        errors += [f"{variant}: {w['where']}: {n}" for n in w["notes"]]
+        for var in w["needs"]:
+            if w["env"].get(var, ("", ""))[0] == "":
+                errors.append(f"{variant}: {w['where']} expands ${var}, which its environment does not set")
     counts = {}
     for w in workloads:
         service = IMAGE_SERVICE[w["target"]]
@@ -922,7 +940,8 @@ def cmd_settings(label, kind, variant_file, dockerfile, templates, *src_files):
                 errors.append(f"{variant}: {w['where']}: STATUS_EXPECT_EMBEDDINGS is not false but no embed stage runs: "
                               f"no batch would ever be done")
     classified = sum(1 for s, st in code.items() for v, f in st.items() if local_only_default(f, repo_root))
-    summary = (f"{sum(counts.values())} required settings set across {len(workloads)} workloads; "
+    summary = (f"{sum(counts.values())} required settings set across {len(workloads)} workloads"
+               f" ({sum(len(w['needs']) for w in inits)} variables of {len(inits)} init containers); "
                f"{sum(len(s) for s in code.values())} settings read from the code, "
                f"{classified} of them (per binary) without a production default, all classified")
     return finish(label, errors, summary)
