@@ -70,6 +70,18 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     );
     metrics::describe_counter!("webhook_requests_total", "B2 webhook requests by outcome");
     metrics::describe_counter!(
+        "webhook_events_read_back_total",
+        "PhotoUploaded events read back from the topic (any replica's), for webhook de-duplication"
+    );
+    metrics::describe_counter!(
+        "events_rejected_total",
+        "Result events Kafka refused for good (too large, not authorised), by topic; their photos fail as output_rejected"
+    );
+    metrics::describe_counter!(
+        "faces_omitted_total",
+        "Faces left out of EmbeddingDone events to keep them within 512 KiB (the DB hook gets them all)"
+    );
+    metrics::describe_counter!(
         "webhook_events_rejected_total",
         "B2 events refused (key outside the photo pattern, missing fields)"
     );
