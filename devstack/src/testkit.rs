@@ -214,6 +214,9 @@ impl Stack {
             .env("TOPIC_EMBEDDED", &self.topics.embedded)
             .env("TOPIC_DLQ", &self.topics.dlq)
             .env("THUMBNAIL_GROUP", &self.topics.group)
+            // Each test its own embed group too: tests running side by side in one shared group
+            // rebalance each other's partitions away (on tansu, past the tests' timeouts).
+            .env("EMBED_GROUP", format!("{}-embed", self.topics.group))
             // A restarted processor takes its partitions back at once (static membership).
             .env(
                 "KAFKA_GROUP_INSTANCE_ID",
