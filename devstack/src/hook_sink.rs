@@ -102,9 +102,7 @@ async fn receive(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = schemas::now_ms() / 1000;
     if let Err(e) = schemas::hook::verify(
         sink.secret.as_bytes(),
         header(schemas::hook::TIMESTAMP_HEADER),

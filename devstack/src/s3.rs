@@ -133,6 +133,16 @@ struct State {
 
 type Body = s3s::Body;
 
+/// The bucket and object key of a path-style request path (`/bucket/key`, percent-decoded);
+/// `None` for the service or a bucket itself.
+fn bucket_and_key(path: &str) -> Option<(String, String)> {
+    let decoded = percent_encoding::percent_decode_str(path.trim_start_matches('/'))
+        .decode_utf8_lossy()
+        .into_owned();
+    let (bucket, key) = decoded.split_once('/')?;
+    (!key.is_empty()).then(|| (bucket.to_string(), key.to_string()))
+}
+
 fn cors<B>(mut resp: Response<B>) -> Response<B> {
     let h = resp.headers_mut();
     h.insert("access-control-allow-origin", "*".parse().expect("static"));
@@ -191,10 +201,7 @@ impl State {
     /// body is read in one go instead, when the response is the whole file (its
     /// Content-Length is the file's size).
     async fn read_body_at_once(&self, path: &str, resp: &mut Response<Body>) {
-        let decoded = percent_encoding::percent_decode_str(path.trim_start_matches('/'))
-            .decode_utf8_lossy()
-            .into_owned();
-        let Some((bucket, key)) = decoded.split_once('/') else {
+        let Some((bucket, key)) = bucket_and_key(path) else {
             return;
         };
         let length = resp
@@ -202,7 +209,7 @@ impl State {
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if key.is_empty() || key.contains("..") {
+        if key.contains("..") {
             return;
         }
         if let Ok(bytes) = tokio::fs::read(self.root.join(bucket).join(key)).await {
@@ -231,24 +238,12 @@ impl State {
         } else {
             return;
         };
-        let decoded = percent_encoding::percent_decode_str(path.trim_start_matches('/'))
-            .decode_utf8_lossy()
-            .into_owned();
-        let Some((bucket, key)) = decoded.split_once('/') else {
+        let Some((bucket, key)) = bucket_and_key(path) else {
             return;
         };
-        if key.is_empty() {
-            return;
-        }
-        let size = std::fs::metadata(self.root.join(bucket).join(key))
+        let size = std::fs::metadata(self.root.join(&bucket).join(&key))
             .map(|m| m.len())
             .unwrap_or(0);
-        notify.object_created(
-            event_type,
-            bucket.to_string(),
-            key.to_string(),
-            size,
-            notify.new_version_id(),
-        );
+        notify.object_created(event_type, bucket, key, size, notify.new_version_id());
     }
 }

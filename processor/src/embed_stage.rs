@@ -218,20 +218,19 @@ async fn embed_and_notify(work: &EmbedWork, ev: &ThumbnailDone) -> Result<Vec<Fa
     let mut faces = embed_photo(work, ev).await?;
     crate::settings::filter_faces(&mut faces);
     let t = Instant::now();
-    work.hook
-        .notify_embeddings(&EmbeddingsHook {
-            schema_version: SCHEMA_VERSION,
-            event: "embeddings".into(),
-            photo_id: ev.photo_id.clone(),
-            user_id: ev.user_id.clone(),
-            bucket: ev.bucket.clone(),
-            original_key: ev.source_key.clone(),
-            profile: work.profile_name.clone(),
-            faces: faces.clone(),
-        })
-        .await?;
+    let call = EmbeddingsHook {
+        schema_version: SCHEMA_VERSION,
+        event: "embeddings".into(),
+        photo_id: ev.photo_id.clone(),
+        user_id: ev.user_id.clone(),
+        bucket: ev.bucket.clone(),
+        original_key: ev.source_key.clone(),
+        profile: work.profile_name.clone(),
+        faces,
+    };
+    work.hook.notify_embeddings(&call).await?;
     metrics::histogram!("embed_step_seconds", "step" => "hook").record(t.elapsed().as_secs_f64());
-    Ok(faces)
+    Ok(call.faces)
 }
 
 /// Embed one photo and deliver its events. Returns whether the record may be committed.

@@ -279,10 +279,22 @@ impl EventProducer {
         event: &T,
     ) -> anyhow::Result<(i32, i64)> {
         let payload = serde_json::to_vec(event)?;
-        let record = FutureRecord::to(topic).key(key).payload(&payload);
+        self.produce(topic, key, &payload)
+            .await
+            .map_err(|e| anyhow::anyhow!("producing to {topic}: {e}"))
+    }
+
+    /// Send one serialised event; the partition and offset once the broker acknowledged it.
+    async fn produce(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<(i32, i64), rdkafka::error::KafkaError> {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
         match self.inner.send(record, Duration::from_secs(30)).await {
             Ok(delivery) => Ok((delivery.partition, delivery.offset)),
-            Err((e, _)) => Err(anyhow::anyhow!("producing to {topic}: {e}")),
+            Err((e, _)) => Err(e),
         }
     }
 
@@ -303,10 +315,9 @@ impl EventProducer {
         })?;
         let mut delay = Duration::from_millis(200);
         loop {
-            let record = FutureRecord::to(topic).key(key).payload(&payload);
-            match self.inner.send(record, Duration::from_secs(30)).await {
+            match self.produce(topic, key, &payload).await {
                 Ok(_) => return Ok(()),
-                Err((e, _)) if is_permanent(&e) => {
+                Err(e) if is_permanent(&e) => {
                     metrics::counter!("events_rejected_total", "topic" => topic.to_string())
                         .increment(1);
                     return Err(DeliveryError::Rejected {
@@ -314,7 +325,7 @@ impl EventProducer {
                         reason: format!("{e} ({} bytes)", payload.len()),
                     });
                 }
-                Err((e, _)) => {
+                Err(e) => {
                     tracing::warn!(%e, topic, "event not delivered yet; retrying");
                     metrics::counter!("retries_total", "op" => "kafka_produce").increment(1);
                 }
